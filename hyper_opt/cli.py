@@ -1,0 +1,230 @@
+"""The command line: ``hyper-opt optimize|run|status|...`` (and ``python optimize.py``).
+
+Each subcommand is a small function: parse, load the config (which validates everything),
+then hand over to the module that owns the work. A :class:`HyperOptError` is printed as one
+message with exit code 2; ``--debug`` shows its traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hyper_opt.exceptions import HyperOptError
+
+logger = logging.getLogger("hyper_opt")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(level: str = "INFO", *, debug: bool = False, log_file: Path | None = None) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else getattr(logging, level))
+    if not debug:
+        for noisy in ("optuna", "sqlalchemy", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, model: str = "required") -> None:
+    parser.add_argument("hyper", type=Path, help="the hyperparameter YAML (log/slurm/optuna sections)")
+    if model == "required":
+        parser.add_argument("model", type=Path, help="the model config YAML the parameters patch")
+    elif model == "optional":
+        parser.add_argument("model", type=Path, nargs="?", help="the model config YAML (optional)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY:PATH=VALUE",
+                        help="override a key of either file (value parsed as YAML), e.g. "
+                             "--set optuna:n_trials=50 --set optimizer:lr=0.01; repeatable")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyper-opt", description="Hyperparameter searches with optuna, "
+                                     "on one machine or as Slurm jobs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("optimize", help="create or continue the study and run its workers")
+    add_common_arguments(p)
+    p.add_argument("--local", action="store_true", help="run on this machine even if a slurm section exists")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (local:workers)")
+    p.add_argument("--reload", action="store_true", help="continue an existing study (optuna:reload: 1)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete an existing study of the same name first (refused while trials run)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse parameters whose key is not a path of the model config")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; submit nothing")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("run", help="run one worker loop (what each job and local worker runs)")
+    add_common_arguments(p)
+    p.add_argument("--worker-index", type=int, default=0, help="index of this worker (offsets a sampler seed)")
+    p.add_argument("--deadline", type=float, metavar="EPOCH_S",
+                   help="exit before this time (seconds since the epoch); in a Slurm job the job's end time")
+    p.add_argument("--max-trials", type=int, metavar="N", help="run at most N trials in this worker")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="trials by state, best trial and progress of a study")
+    add_common_arguments(p, model="none")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    p.set_defaults(func=cmd_status)
+
+    # Commands owned by their own modules: each has add_arguments(parser) and run(args) -> int,
+    # and imports nothing heavy at module level.
+    for name, module, help_text in _MODULE_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+_MODULE_COMMANDS = (
+    ("cancel", "hyper_opt.launch.cancel", "cancel the study's Slurm jobs; their running trials are retried"),
+    ("report", "hyper_opt.report", "write trials.csv, best.yml, plots and a summary under save_path/report"),
+    ("rerun", "hyper_opt.rerun", "run the objective once with one trial's parameters, outside the study"),
+    ("test", "hyper_opt.metric_learning.evaluate", "evaluate a metric-learning trial on the held-out test classes"),
+)
+
+
+def load_from_args(args: argparse.Namespace, *, strict: bool = False):  # type: ignore[no-untyped-def]
+    from hyper_opt.config import load_config
+
+    return load_config(args.hyper, getattr(args, "model", None), overrides=args.overrides, strict=strict)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from hyper_opt.config import missing_model_paths
+    from hyper_opt.results import write_trials_csv
+    from hyper_opt.storage import describe
+    from hyper_opt.study import best_summary, counts, n_finished, open_study
+
+    if args.reload:
+        args.overrides.append("optuna:reload=1")
+    if args.workers is not None:
+        args.overrides.append(f"local:workers={args.workers}")
+    config, model = load_from_args(args, strict=args.strict)
+    _setup_logging(config.log_level, debug=args.debug, log_file=config.log_file)
+    missing = missing_model_paths(config, model or {})
+    if missing:
+        logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
+                    config.model_path.name if config.model_path else "the model config", ", ".join(missing))
+    use_slurm = config.slurm is not None and not args.local
+    if config.slurm is None and config.pbs is not None and not args.local:
+        logger.warning("the pbs section is read but hyper_opt submits to Slurm only; running locally")
+    spec = config.optuna
+    if args.dry_run:
+        print(f"study      {spec.study_name} in {describe(spec.storage)}")
+        print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
+        print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
+        if use_slurm:
+            from hyper_opt.launch.slurm import dry_run
+
+            dry_run(config)
+        else:
+            print(f"launch     {config.local_workers} local worker process(es)")
+        return EXIT_OK
+    opened = open_study(config, create=True, check_reload=True, replace=args.replace)
+    c = counts(opened)
+    if n_finished(c) >= spec.n_trials:
+        print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
+              f"{spec.n_trials}); raise optuna:n_trials to run more.")
+        return EXIT_OK
+    if use_slurm:
+        from hyper_opt.launch.slurm import submit
+
+        submit(config, opened)
+        return EXIT_OK
+    from hyper_opt.launch.local import run_local
+
+    print(f"study {spec.study_name!r} in {describe(spec.storage)}: {n_finished(c)}/{spec.n_trials} "
+          f"finished; starting {config.local_workers} worker(s)", file=sys.stderr)
+    started = time.monotonic()
+    failed_workers = run_local(config, opened, workers=config.local_workers, debug=args.debug)
+    trials = opened.storage.get_all_trials(opened.study_id)
+    merged = write_trials_csv(config.save_path / "trials.csv", trials,
+                              param_names=[p.name for p in spec.parameters],
+                              metric_names=list(spec.metrics), n_values=len(spec.directions))
+    c = counts(opened)
+    summary = ", ".join(f"{k} {v}" for k, v in c.items() if v)
+    print(f"{n_finished(c)}/{spec.n_trials} finished in {time.monotonic() - started:.0f} s ({summary}); "
+          f"{best_summary(opened.study)}", file=sys.stderr)
+    if not spec.multi_objective:
+        try:
+            print(f"best parameters: {opened.study.best_trial.params}", file=sys.stderr)
+        except ValueError:
+            pass
+    print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
+    return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hyper_opt.worker import Stop, Worker
+
+    config, model = load_from_args(args)
+    _setup_logging(config.log_level, debug=args.debug)
+    deadline = args.deadline
+    if deadline is None:
+        from hyper_opt.launch.slurm_env import job_deadline
+
+        deadline = job_deadline()
+    report = Worker(config, model or {}, worker_index=args.worker_index, deadline=deadline,
+                    max_trials=args.max_trials).run()
+    if report.stop is Stop.FAILURES:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hyper_opt.status import print_status
+
+    config, _ = load_from_args(args)
+    _setup_logging("WARNING", debug=args.debug)
+    while True:
+        print_status(config)
+        if not args.watch:
+            return EXIT_OK
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        print()
+
+
+def main(argv: Sequence[str] | None = None, *, default_command: str | None = None) -> int:
+    """Entry point of ``hyper-opt`` and ``python optimize.py`` (which defaults to ``optimize``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = {"optimize", "run", "status", "cancel", "report", "test", "rerun", "-h", "--help"}
+    if default_command and (not argv or argv[0] not in commands):
+        argv.insert(0, default_command)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except HyperOptError as err:
+        if args.debug:
+            logger.exception("error")
+        print(f"hyper-opt {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hyper-opt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The exceptions hyper_opt raises for problems a user can fix.
+
+The CLI catches :class:`HyperOptError`, prints its message and exits non-zero;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class HyperOptError(Exception):
+    """Base class of every error hyper_opt reports to the user."""
+
+
+class ConfigError(HyperOptError):
+    """One or more problems in the YAML files or command-line overrides.
+
+    Every problem names the file, the key path, the value found and what is
+    allowed, so that one run shows everything that needs fixing.
+    """
+
+    def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{len(self.problems)} problem(s) in {source}:" if source else "configuration problem(s):"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class StudyExistsError(HyperOptError):
+    """``reload: 0`` was asked for, but the study already holds trials."""
+
+
+class StorageError(HyperOptError):
+    """The study's storage cannot be reached or used."""
+
+
+class SubmissionError(HyperOptError):
+    """Jobs could not be submitted to the scheduler."""
+
+
+class ObjectiveError(HyperOptError):
+    """The objective file or class cannot be loaded or called."""
+
+
+class MetricMissingError(HyperOptError):
+    """``train`` returned results without the metric being optimised."""

@@ -1,0 +1,1 @@
+"""Launchers: local worker processes, and Slurm jobs through submitit."""

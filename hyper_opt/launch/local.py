@@ -1,0 +1,175 @@
+"""Run a study's workers as processes on this machine and wait for them.
+
+Each worker is ``python -m hyper_opt.run HYPER.yml MODEL.yml --worker-index i`` (the command a
+Slurm job runs), its output in ``<save_path>/logs/worker_<i>.log``. The parent shows progress
+from the study itself. Ctrl-C (or SIGTERM) asks every worker to stop; a worker that does not
+stop in time is killed, and any trial it left RUNNING is failed and re-queued here, so that
+nothing stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from hyper_opt.config import HyperConfig
+from hyper_opt.study import Opened, best_summary, counts, n_finished
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 30.0
+
+
+def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[str] = ()) -> list[str]:
+    """The argv of one worker (absolute paths, the same overrides as the parent)."""
+    cmd = [sys.executable, "-m", "hyper_opt.run", str(config.hyper_path)]
+    if config.model_path is not None:
+        cmd.append(str(config.model_path))
+    cmd += ["--worker-index", str(worker_index)]
+    for override in config.overrides:
+        cmd += ["--set", override]
+    return cmd + list(extra)
+
+
+class _Progress:
+    def __init__(self, total: int, stream: IO[str]) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_line = ""
+        self._last_print = 0.0
+
+    def show(self, finished: int, running: int, failed: int, best: str) -> None:
+        width = 30
+        done = min(finished, self.total)
+        bar = "#" * (width * done // self.total) + "-" * (width - width * done // self.total)
+        line = f"[{bar}] {done}/{self.total} finished, {running} running, {failed} failed  {best}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(len(self._last_line)))
+            self.stream.flush()
+        elif line != self._last_line and (time.monotonic() - self._last_print > 10 or done == self.total):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last_print = time.monotonic()
+        self._last_line = line
+
+    def close(self) -> None:
+        if self.tty and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool = False,
+              stream: IO[str] | None = None, poll_s: float = 1.0) -> int:
+    """Start ``workers`` worker processes and wait; return the number that exited with an error."""
+    stream = stream or sys.stderr
+    log_dir = config.save_path / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+    extra = ["--debug"] if debug else []
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    for i in range(workers):
+        log = open(log_dir / f"worker_{i}.log", "ab")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(worker_command(config, worker_index=i, extra=extra), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+        procs.append((proc, log))
+    logger.info("started %d local worker(s); logs in %s", workers, log_dir)
+    progress = _Progress(config.optuna.n_trials, stream)
+    interrupted = False
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        try:
+            while any(p.poll() is None for p, _ in procs):
+                _show(progress, opened)
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            stream.write("\nstopping workers (the running trials are recorded as FAIL)...\n")
+            _stop(procs)
+        _show(progress, opened)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        progress.close()
+        for _, log in procs:
+            log.close()
+    _fail_orphans(opened, [p.pid for p, _ in procs])
+    bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
+    for i, rc in bad:
+        if not interrupted:
+            tail = _tail(log_dir / f"worker_{i}.log")
+            stream.write(f"worker {i} exited with code {rc}; last lines of {log_dir / f'worker_{i}.log'}:\n{tail}\n")
+    return len(bad)
+
+
+def _show(progress: _Progress, opened: Opened) -> None:
+    try:
+        c = counts(opened)
+        progress.show(n_finished(c), c["RUNNING"], c["FAIL"], best_summary(opened.study))
+    except Exception as err:  # the display must never stop the search
+        logger.debug("progress: %s", err)
+
+
+def _stop(procs: list[tuple[subprocess.Popen[bytes], Any]]) -> None:
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("worker pid %d did not stop in %.0f s; killing it", proc.pid, STOP_GRACE_S)
+            proc.kill()
+            proc.wait()
+
+
+def _fail_orphans(opened: Opened, pids: Sequence[int]) -> None:
+    """Fail (and re-queue, within max_retry) RUNNING trials of workers that are gone."""
+    import optuna
+
+    from hyper_opt.worker import run_context
+
+    host = run_context()["hostname"]
+    pids_text = {str(p) for p in pids}
+    running = opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,))
+    callback = None
+    get_cb = getattr(opened.storage, "get_heartbeat_stale_trial_callback", None)
+    if get_cb is not None:
+        callback = get_cb()
+    for trial in running:
+        if trial.user_attrs.get("hostname") == host and str(trial.user_attrs.get("worker_pid")) in pids_text:
+            trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+            try:
+                opened.storage.set_trial_user_attr(trial_id, "error", "the worker process ended during the trial")
+                opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            logger.warning("trial %d was left RUNNING by a stopped worker; marked FAIL", trial.number)
+            if callback is not None:
+                callback(opened.study, opened.storage.get_trial(trial_id))
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])

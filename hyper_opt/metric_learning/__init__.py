@@ -1,0 +1,1 @@
+"""The built-in metric-learning objective (pytorch-metric-learning)."""

@@ -1,0 +1,243 @@
+"""``BaseObjective``: what a user's ``Objective`` class inherits, and how hyper_opt loads it.
+
+A user writes one method, ``train(trial, conf)``, returning a dict that holds the metric(s).
+The base class suggests the parameters, patches them into a copy of the model config, calls
+``custom_updates(trial, conf)`` when the objective file defines one, calls ``train`` and turns
+the returned dict into the value(s) optuna records. It accepts both constructor shapes users
+have: the aimlutils one ``(study, config, metric, device)`` and echo-opt's
+``(config, metric, device)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import inspect
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hyper_opt import space
+from hyper_opt.exceptions import MetricMissingError, ObjectiveError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hyper_opt.config import HyperConfig, ObjectiveSpec, ParameterSpec
+
+logger = logging.getLogger(__name__)
+
+CustomUpdates = Callable[[Any, dict], dict]
+
+
+class BaseObjective:
+    """Subclass this and write ``train(self, trial, conf) -> dict``.
+
+    Attributes set for ``train`` to use: ``self.config`` (the model config, with the
+    hyperparameter file's ``optuna`` section under ``config["optuna"]`` as the older tools did),
+    ``self.metric`` (a name, or a list for multi-objective), ``self.device`` (``"cuda:0"`` when
+    the worker has exactly one visible GPU and torch sees it, else ``"cpu"``), ``self.study``
+    (the optuna study, also with echo-opt-style constructors) and ``self.save_path``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = ["study", "config", "metric", "device"]
+        if args and isinstance(args[0], Mapping):  # echo-opt: (config, metric, device)
+            names = names[1:]
+        if len(args) > len(names):
+            raise TypeError(f"BaseObjective takes at most 4 arguments (study, config, metric, device), got {len(args)}")
+        values = {"study": None, "config": None, "metric": "val_loss", "device": "cpu"}
+        values.update(dict(zip(names, args)))
+        for key, value in kwargs.items():
+            if key not in values:
+                raise TypeError(f"BaseObjective got an unexpected argument {key!r}")
+            values[key] = value
+        if not isinstance(values["config"], Mapping):
+            raise TypeError(f"BaseObjective needs the model config (a mapping), got {values['config']!r}")
+        self.study = values["study"]
+        self.config: dict[str, Any] = values["config"]  # type: ignore[assignment]
+        self.metric = values["metric"]
+        self.device = values["device"]
+        self.save_path: Path | None = None
+        self._parameters: Sequence[ParameterSpec] = ()
+        self._custom_updates: CustomUpdates | None = None
+        self._metrics: tuple[str, ...] = (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    # ------------------------------------------------------------------ for users
+
+    def train(self, trial: optuna.Trial, conf: dict[str, Any]) -> Mapping[str, Any]:
+        """Train one model with ``conf``; return a dict holding the metric(s)."""
+        raise NotImplementedError("write train(self, trial, conf) in your Objective class")
+
+    def report(self, trial: optuna.Trial, value: float, step: int) -> None:
+        """Report an intermediate value; raise ``optuna.TrialPruned`` when the pruner says so."""
+        import optuna
+
+        trial.report(float(value), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} with value {float(value):.6g}")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def bind(self, *, parameters: Sequence[ParameterSpec], custom_updates: CustomUpdates | None,
+             device: str, study: Any, save_path: Path) -> None:
+        """Called by the worker after construction, whatever constructor the user wrote."""
+        self._parameters = tuple(parameters)
+        self._custom_updates = custom_updates
+        self.device = device
+        if self.study is None:
+            self.study = study
+        self.save_path = save_path
+        if isinstance(self.metric, str):
+            self._metrics = (self.metric,)
+        else:
+            self._metrics = tuple(self.metric)
+
+    def update_config(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Suggest every parameter and return a patched deep copy of the model config."""
+        space.suggest_all(trial, self._parameters)
+        conf = space.patch(self.config, self._parameters, trial.params)
+        if self._custom_updates is not None:
+            updated = self._custom_updates(trial, conf)
+            if updated is not None:
+                conf = updated
+        return conf
+
+    def values(self, results: Any) -> float | list[float]:
+        """The metric value(s) from ``train``'s dict; a missing metric fails the trial."""
+        if not isinstance(results, Mapping):
+            raise MetricMissingError(f"train() must return a dict holding {list(self._metrics)}, "
+                                     f"got {type(results).__name__}: {results!r:.200}")
+        out = []
+        for name in self._metrics:
+            if name not in results:
+                raise MetricMissingError(f"train() returned no {name!r} (the metric being optimised); "
+                                         f"it returned: {', '.join(map(str, results)) or 'nothing'}")
+            try:
+                out.append(float(results[name]))
+            except (TypeError, ValueError):
+                raise MetricMissingError(f"train() returned {name}={results[name]!r}, "
+                                         "which is not a number") from None
+        return out[0] if len(out) == 1 else out
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        conf = self.update_config(trial)
+        results = self.train(trial, conf)
+        values = self.values(results)
+        extra = {str(k): _jsonable(v) for k, v in results.items()}
+        trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None})
+        return values
+
+
+def _jsonable(value: Any) -> float | int | str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else str(number)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_module(spec: ObjectiveSpec) -> Any:
+    """Import the objective's module (a file, or an importable module)."""
+    if spec.module is not None:
+        try:
+            return importlib.import_module(spec.module)
+        except Exception as err:
+            raise ObjectiveError(f"importing objective module {spec.module!r} failed: {err}") from err
+    assert spec.file is not None
+    folder = str(spec.file.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # objective files import their sibling modules
+    name = f"hyper_opt_user_objective_{abs(hash(str(spec.file)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, spec.file)
+    if module_spec is None or module_spec.loader is None:
+        raise ObjectiveError(f"cannot load objective file {spec.file}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise ObjectiveError(f"importing objective file {spec.file} failed: {type(err).__name__}: {err}") from err
+    return module
+
+
+def objective_config(config: HyperConfig, model: Mapping[str, Any]) -> dict[str, Any]:
+    """The config an Objective is constructed with: the model config plus, as aimlutils and
+    echo-opt did, the hyperparameter file's ``optuna`` section under ``optuna`` (unless the model
+    config has its own ``optuna`` key)."""
+    conf = copy.deepcopy(dict(model))
+    if "optuna" not in conf:
+        section = copy.deepcopy(dict(config.raw.get("optuna") or {}))
+        section["save_path"] = str(config.save_path)
+        conf["optuna"] = section
+    return conf
+
+
+def instantiate(config: HyperConfig, model: Mapping[str, Any], *, study: Any, device: str) -> BaseObjective:
+    """Load the user's class and construct it with whichever signature it declares."""
+    module = load_module(config.optuna.objective)
+    cls = getattr(module, config.optuna.objective.class_name, None)
+    if not inspect.isclass(cls):
+        raise ObjectiveError(f"{config.optuna.objective.describe()} is not a class")
+    metric: str | list[str] = (config.optuna.metrics[0] if len(config.optuna.metrics) == 1
+                               else list(config.optuna.metrics))
+    conf = objective_config(config, model)
+    available = {"study": study, "config": conf, "metric": metric, "device": device}
+    try:
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()][1:]
+    except (TypeError, ValueError):
+        params = []
+    takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if named and all(p.name in available for p in named if p.default is p.empty):
+        kwargs = {p.name: available[p.name] for p in named if p.name in available}
+        if takes_var_kw:
+            kwargs.update({k: v for k, v in available.items() if k != "study" and k not in kwargs})
+    elif not named and takes_var_kw:
+        kwargs = {k: v for k, v in available.items() if k != "study"}
+    else:
+        raise ObjectiveError(
+            f"{config.optuna.objective.describe()}.__init__ takes ({', '.join(p.name for p in params)}); "
+            "hyper_opt passes study, config, metric and device by name: use "
+            "__init__(self, config, metric='val_loss', device='cpu') or add study first")
+    try:
+        objective = cls(**kwargs)
+    except Exception as err:
+        raise ObjectiveError(f"constructing {config.optuna.objective.describe()} failed: "
+                             f"{type(err).__name__}: {err}") from err
+    if not isinstance(objective, BaseObjective):
+        raise ObjectiveError(f"{config.optuna.objective.describe()} must subclass hyper_opt.BaseObjective "
+                             "(from hyper_opt import BaseObjective)")
+    objective.bind(parameters=config.optuna.parameters,
+                   custom_updates=getattr(module, "custom_updates", None),
+                   device=device, study=study, save_path=config.save_path)
+    return objective
+
+
+def pick_device(env: Mapping[str, str] | None = None) -> str:
+    """``cuda:0`` when exactly one GPU is visible and torch sees it, else ``cpu``."""
+    env = os.environ if env is None else env
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if len(visible) != 1 or visible[0].strip() in ("-1", "NoDevFiles"):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    try:
+        return "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() >= 1 else "cpu"
+    except Exception:  # a broken driver must not stop the search
+        return "cpu"

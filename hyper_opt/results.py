@@ -1,0 +1,117 @@
+"""Results on disk, derived from the study: one CSV per finished trial, and the merged table.
+
+Each finished trial (COMPLETE, PRUNED or FAIL) gets ``<save_path>/trials/trial_<number>.csv``,
+written once, atomically (temp file + rename), by the process that ran it, so that no two
+workers ever write the same file. ``trials.csv`` is rebuilt from the study, never appended to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+# Run context recorded as user attributes when a trial starts.
+CONTEXT_ATTRS = ("hostname", "slurm_job_id", "cuda_visible_devices")
+FIXED_HEAD = ("number", "state")
+FIXED_TAIL = ("duration_s", *CONTEXT_ATTRS, "retry_of", "error")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _metric_names(trials: Iterable[optuna.trial.FrozenTrial], first: Sequence[str]) -> list[str]:
+    names = list(first)
+    for trial in trials:
+        for key in (trial.user_attrs.get("metrics") or {}):
+            if key not in names:
+                names.append(key)
+    return names
+
+
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One trial as a flat row (parameters by name, metrics by name)."""
+    row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+    row.update(trial.params)
+    row.update(trial.user_attrs.get("metrics") or {})
+    if trial.values is not None:
+        if len(trial.values) == 1:
+            row["value"] = trial.values[0]
+        else:
+            row.update({f"value_{i}": v for i, v in enumerate(trial.values)})
+    if trial.datetime_start is not None and trial.datetime_complete is not None:
+        row["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 3)
+    for key in CONTEXT_ATTRS:
+        row[key] = trial.user_attrs.get(key, "")
+    row["retry_of"] = trial.system_attrs.get("failed_trial", "")
+    error = trial.user_attrs.get("error") or ""
+    row["error"] = error.strip().splitlines()[-1] if error else ""
+    return row
+
+
+def columns(trials: Sequence[optuna.trial.FrozenTrial], param_names: Sequence[str],
+            metric_names: Sequence[str], n_values: int) -> list[str]:
+    values = ["value"] if n_values == 1 else [f"value_{i}" for i in range(n_values)]
+    params = list(param_names)
+    for trial in trials:
+        params += [p for p in trial.params if p not in params]
+    metrics = [m for m in _metric_names(trials, metric_names) if m not in params]
+    return [*FIXED_HEAD, *params, *metrics, *values, *FIXED_TAIL]
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]], header: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(header), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in header})
+    return buf.getvalue()
+
+
+def trial_csv_path(trials_dir: Path, number: int) -> Path:
+    return trials_dir / f"trial_{number}.csv"
+
+
+def write_trial_csv(trials_dir: Path, trial: optuna.trial.FrozenTrial, *, param_names: Sequence[str],
+                    metric_names: Sequence[str], n_values: int) -> Path:
+    """The per-trial file; called once by the process that ran the trial."""
+    header = columns([trial], param_names, metric_names, n_values)
+    path = trial_csv_path(trials_dir, trial.number)
+    atomic_write_text(path, to_csv([trial_row(trial)], header))
+    return path
+
+
+def write_trials_csv(path: Path, trials: Sequence[optuna.trial.FrozenTrial], *, param_names: Sequence[str],
+                     metric_names: Sequence[str], n_values: int) -> Path:
+    """The merged table of all trials, derived from the study."""
+    trials = sorted(trials, key=lambda t: t.number)
+    header = columns(trials, param_names, metric_names, n_values)
+    atomic_write_text(path, to_csv((trial_row(t) for t in trials), header))
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))

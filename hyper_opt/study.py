@@ -1,0 +1,165 @@
+"""The optuna study: samplers and pruners by name, create-or-load, enqueue, and the global budget.
+
+The study in the storage is the single source of truth: every other file hyper_opt writes is
+derived from it. It is created (and ``enqueue`` applied) once, by ``optimize`` or by the first
+worker, under the budget lock, so that concurrent workers never race on the schema or duplicate
+enqueued trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hyper_opt.config import ComponentSpec, HyperConfig, build_component
+from hyper_opt.exceptions import ConfigError, StudyExistsError
+from hyper_opt.storage import BudgetLock, describe, make_storage, with_db_retry
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+ENQUEUED_ATTR = "hyper_opt:enqueued"
+
+
+def make_sampler(spec: ComponentSpec | None, *, worker_index: int = 0) -> optuna.samplers.BaseSampler | None:
+    """The configured sampler (None: optuna's default). A ``seed`` is offset by the worker index,
+    so that workers do not draw the same random start-up trials."""
+    if spec is None:
+        return None
+    if "seed" in spec.kwargs and spec.kwargs["seed"] is not None and worker_index:
+        spec = ComponentSpec(spec.type, {**spec.kwargs, "seed": int(spec.kwargs["seed"]) + worker_index})
+    return build_component(spec, "samplers")
+
+
+def make_pruner(spec: ComponentSpec | None) -> optuna.pruners.BasePruner:
+    """The configured pruner, or NopPruner: a study never prunes unless a pruner is named."""
+    import optuna
+
+    if spec is None:
+        return optuna.pruners.NopPruner()
+    return build_component(spec, "pruners")
+
+
+def _load(config: HyperConfig, storage: Any, *, worker_index: int) -> optuna.Study:
+    import optuna
+
+    return optuna.load_study(
+        study_name=config.optuna.study_name,
+        storage=storage,
+        sampler=make_sampler(config.optuna.sampler, worker_index=worker_index),
+        pruner=make_pruner(config.optuna.pruner),
+    )
+
+
+def study_exists(storage: Any, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+@dataclass
+class Opened:
+    """A study with its storage and lock, as one worker or command holds them."""
+
+    study: optuna.Study
+    storage: Any
+    lock: BudgetLock
+    study_id: int
+
+
+def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False, replace: bool = False,
+               worker_index: int = 0) -> Opened:
+    """Load the study, creating it (and enqueueing its seed trials) when missing and ``create``.
+
+    ``check_reload`` (for ``optimize``): an existing study with trials is only continued when
+    ``reload`` is set; otherwise :class:`StudyExistsError` says how to continue or replace it.
+    ``replace`` deletes an existing study first, refusing while any trial is RUNNING.
+    """
+    import optuna
+
+    spec = config.optuna
+    storage = with_db_retry(lambda: make_storage(spec), seconds=spec.db_retry_seconds if create else 30,
+                            what="opening the study storage")
+    lock = BudgetLock(spec)
+    with lock.hold():
+        exists = study_exists(storage, spec.study_name)
+        if exists and (check_reload or replace):
+            study_id = storage.get_study_id_from_name(spec.study_name)
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            if trials and replace:
+                running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                if running:
+                    raise StudyExistsError(
+                        f"--replace refused: study {spec.study_name!r} in {describe(spec.storage)} has "
+                        f"RUNNING trials {running[:10]}; cancel its workers first")
+                logger.warning("--replace: deleting study %r (%d trials)", spec.study_name, len(trials))
+                optuna.delete_study(study_name=spec.study_name, storage=storage)
+                exists = False
+            elif trials and not spec.reload:
+                finished = sum(t.state.is_finished() for t in trials)
+                raise StudyExistsError(
+                    f"study {spec.study_name!r} in {describe(spec.storage)} already holds {len(trials)} "
+                    f"trials ({finished} finished) and optuna:reload is 0. To continue it, set "
+                    f"'optuna: reload: 1' in {config.hyper_path.name} or pass --reload; to start a new "
+                    f"study, change optuna:study_name; to delete it and start over, pass --replace. "
+                    f"Nothing was changed.")
+        if not exists:
+            if not create:
+                raise StudyExistsError(
+                    f"study {spec.study_name!r} does not exist in {describe(spec.storage)}; "
+                    f"run 'hyper-opt optimize {config.hyper_path.name} MODEL.yml' first")
+            optuna.create_study(study_name=spec.study_name, storage=storage,
+                                directions=list(spec.directions))
+            logger.info("created study %r in %s", spec.study_name, describe(spec.storage))
+        study = _load(config, storage, worker_index=worker_index)
+        found = [d.name.lower() for d in study.directions]
+        if found != list(spec.directions):
+            raise ConfigError([f"optuna:direction: the study {spec.study_name!r} was created with "
+                               f"{found}, the config asks for {list(spec.directions)}"],
+                              source=str(config.hyper_path))
+        if spec.enqueue and not study.user_attrs.get(ENQUEUED_ATTR):
+            for params in spec.enqueue:
+                study.enqueue_trial(dict(params), skip_if_exists=True)
+            study.set_user_attr(ENQUEUED_ATTR, True)
+            logger.info("enqueued %d trial(s) from optuna:enqueue", len(spec.enqueue))
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+
+
+def counts(opened: Opened) -> dict[str, int]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    import optuna
+
+    result = {s.name: 0 for s in optuna.trial.TrialState}
+    for trial in opened.storage.get_all_trials(opened.study_id, deepcopy=False):
+        result[trial.state.name] += 1
+    return result
+
+
+def n_finished(c: dict[str, int]) -> int:
+    """Finished trials count toward the budget: COMPLETE and PRUNED (FAIL does not)."""
+    return c["COMPLETE"] + c["PRUNED"]
+
+
+def best_summary(study: optuna.Study) -> str:
+    """"best 0.1234 (trial 7)" or "" when nothing completed yet."""
+    try:
+        if len(study.directions) > 1:
+            best = study.best_trials
+            return f"{len(best)} Pareto-optimal trial(s)" if best else ""
+        trial = study.best_trial
+    except ValueError:
+        return ""
+    return f"best {trial.value:.6g} (trial {trial.number})"
+
+
+def suppress_experimental_warnings() -> None:
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

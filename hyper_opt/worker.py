@@ -1,0 +1,314 @@
+"""One worker: claim a trial within the global budget, train it, record it, repeat.
+
+Every Slurm job and every local worker process runs this loop. Per trial:
+
+1. under the study's budget lock: fail stale trials (dead workers; their copies are re-queued),
+   count finished (COMPLETE + PRUNED) and RUNNING trials, and start a trial only when that
+   leaves the budget unexceeded. This makes the final count exact with any number of workers;
+2. train outside the lock, with a heartbeat thread so that a killed worker's trial goes stale;
+3. tell optuna the outcome (retrying while the database is unreachable), then write the
+   trial's CSV file.
+
+An exception in ``train`` fails that trial only (its traceback is stored in the trial's
+``error`` attribute) and the worker goes on; ``max_consecutive_failures`` failures in a row stop
+it, because then every trial would fail. The loop also ends when the job's remaining wall time
+is shorter than the expected duration of one more trial, or on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import socket
+import statistics
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from hyper_opt import results
+from hyper_opt.config import HyperConfig
+from hyper_opt.exceptions import HyperOptError, StorageError
+from hyper_opt.objective import BaseObjective, instantiate, pick_device
+from hyper_opt.storage import is_connection_error, with_db_retry
+from hyper_opt.study import Opened, open_study
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+WAIT_POLL_S = 2.0
+
+
+class Stop(enum.Enum):
+    BUDGET = "the study reached n_trials finished trials"
+    WALLTIME = "not enough wall time left for another trial"
+    SIGNAL = "interrupted"
+    FAILURES = "too many consecutive failed trials"
+    MAX_TRIALS = "this worker's own trial limit was reached"
+
+
+class Interrupted(Exception):
+    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM)."""
+
+
+@dataclass
+class WorkerReport:
+    trials: list[int] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+    stop: Stop | None = None
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every ``interval`` seconds; survives database outages."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hyper_opt-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as err:  # the next beat tries again
+                logger.warning("heartbeat failed: %s", str(err).splitlines()[0] if str(err) else err)
+
+    def __enter__(self) -> _Heartbeat:
+        self._storage.record_heartbeat(self._trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_context() -> dict[str, str]:
+    """Where a trial ran: recorded with the trial and in its CSV."""
+    return {
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", "") and
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+        or os.environ.get("SLURM_JOB_ID", ""),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "worker_pid": str(os.getpid()),
+    }
+
+
+class Worker:
+    def __init__(self, config: HyperConfig, model: dict[str, Any], *, worker_index: int = 0,
+                 deadline: float | None = None, max_trials: int | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.worker_index = worker_index
+        self.deadline = deadline  # time.time() by which the worker must have exited
+        self.max_trials = max_trials
+        self._stop_requested = False
+        self._in_trial = False
+        self._durations: list[float] = []
+        spec = config.optuna
+        self._param_names = [p.name for p in spec.parameters]
+        self._metric_names = list(spec.metrics)
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        first = not self._stop_requested
+        self._stop_requested = True
+        logger.warning("worker %d: %s received; stopping after the current trial is recorded",
+                       self.worker_index, signal.Signals(signum).name)
+        if self._in_trial and first:
+            raise Interrupted(f"worker interrupted by {signal.Signals(signum).name}")
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> WorkerReport:
+        import optuna
+
+        report = WorkerReport()
+        self._install_signals()
+        opened = open_study(self.config, create=True, worker_index=self.worker_index)
+        device = pick_device() if self.config.optuna.gpu or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+        objective = instantiate(self.config, self.model, study=opened.study, device=device)
+        logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,
+                    self.config.optuna.study_name, device, os.getpid())
+        self._seed_durations(opened)
+        consecutive_failures = 0
+        try:
+            while True:
+                stop = self._should_stop(report)
+                if stop is not None:
+                    report.stop = stop
+                    break
+                claim = self._claim(opened)
+                if isinstance(claim, Stop):
+                    report.stop = claim
+                    break
+                if claim is None:  # budget full with trials still running elsewhere: wait for them
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                frozen = self._run_trial(opened, objective, claim)
+                report.trials.append(frozen.number)
+                report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
+                if frozen.state == optuna.trial.TrialState.FAIL:
+                    consecutive_failures += 1
+                    if consecutive_failures >= self.config.optuna.max_consecutive_failures:
+                        logger.error("worker %d: %d trials failed in a row; stopping (raise "
+                                     "optuna:max_consecutive_failures to allow more)",
+                                     self.worker_index, consecutive_failures)
+                        report.stop = Stop.FAILURES
+                        break
+                else:
+                    consecutive_failures = 0
+        finally:
+            opened.lock.close()
+        logger.info("worker %d: stopped: %s; ran %d trial(s) %s", self.worker_index,
+                    report.stop.value if report.stop else "?", len(report.trials), report.states)
+        return report
+
+    def _should_stop(self, report: WorkerReport) -> Stop | None:
+        if self._stop_requested:
+            return Stop.SIGNAL
+        if self.max_trials is not None and len(report.trials) >= self.max_trials:
+            return Stop.MAX_TRIALS
+        if self.deadline is not None:
+            expected = self.expected_duration()
+            left = self.deadline - time.time()
+            if left <= 0 or (expected is not None and left < expected):
+                logger.info("worker %d: %.0f s of wall time left, a trial takes about %s s; stopping",
+                            self.worker_index, left, f"{expected:.0f}" if expected else "?")
+                return Stop.WALLTIME
+        return None
+
+    def expected_duration(self) -> float | None:
+        """A cautious guess of the next trial's duration: the 90th percentile of recent ones."""
+        recent = self._durations[-50:]
+        if not recent:
+            return None
+        if len(recent) < 3:
+            return max(recent) * 1.2
+        return statistics.quantiles(recent, n=10)[-1] * 1.2
+
+    def _seed_durations(self, opened: Opened) -> None:
+        import optuna
+
+        done = opened.storage.get_all_trials(opened.study_id, deepcopy=False,
+                                             states=(optuna.trial.TrialState.COMPLETE,))
+        for t in done[-50:]:
+            if t.datetime_start and t.datetime_complete:
+                self._durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+
+    def _claim(self, opened: Opened) -> optuna.Trial | Stop | None:
+        """Start a trial if the budget allows: a Trial, Stop.BUDGET, or None (wait and retry)."""
+        import optuna
+
+        def attempt() -> optuna.Trial | Stop | None:
+            TS = optuna.trial.TrialState
+            with opened.lock.hold():
+                if self.config.optuna.heartbeat_interval:
+                    optuna.storages.fail_stale_trials(opened.study)
+                active = opened.storage.get_all_trials(
+                    opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING))
+                finished = sum(t.state != TS.RUNNING for t in active)
+                n_trials = self.config.optuna.n_trials
+                if finished >= n_trials:
+                    return Stop.BUDGET
+                if len(active) >= n_trials:
+                    # Only wait where a dead worker's trial can go stale and be retried.
+                    return None if self.config.optuna.heartbeat_interval else Stop.BUDGET
+                return opened.study.ask()
+
+        return with_db_retry(attempt, seconds=self.config.optuna.db_retry_seconds, what="starting a trial")
+
+    def _run_trial(self, opened: Opened, objective: BaseObjective, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        import optuna
+
+        TS = optuna.trial.TrialState
+        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+        started = time.time()
+        values: Any = None
+        state = TS.COMPLETE
+        error: str | None = None
+        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval)
+                     if self.config.optuna.heartbeat_interval else None)
+        try:
+            if heartbeat is not None:
+                heartbeat.__enter__()
+            self._in_trial = True
+            try:
+                for key, value in run_context().items():
+                    trial.set_user_attr(key, value)
+                logger.info("worker %d: trial %d started", self.worker_index, trial.number)
+                values = objective(trial)
+            finally:
+                self._in_trial = False
+        except optuna.TrialPruned as err:
+            state = TS.PRUNED
+            logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
+        except Exception as err:
+            state = TS.FAIL
+            error = traceback.format_exc()
+            if isinstance(err, (HyperOptError, Interrupted)):
+                logger.error("worker %d: trial %d failed: %s", self.worker_index, trial.number, err)
+            else:
+                logger.error("worker %d: trial %d failed:\n%s", self.worker_index, trial.number, error)
+        finally:
+            if heartbeat is not None:
+                heartbeat.__exit__(None, None, None)
+        self._durations.append(time.time() - started)
+        return self._record(opened, trial, trial_id, state, values, error)
+
+    def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
+                error: str | None) -> optuna.trial.FrozenTrial:
+        """Tell optuna and write the CSV; a database outage is waited out, not fatal."""
+        import optuna
+
+        seconds = self.config.optuna.db_retry_seconds
+
+        def tell() -> optuna.trial.FrozenTrial:
+            if error is not None:
+                trial.set_user_attr("error", error[-8000:])
+            if state == optuna.trial.TrialState.COMPLETE:
+                return opened.study.tell(trial, values, skip_if_finished=True)
+            return opened.study.tell(trial, state=state, skip_if_finished=True)
+
+        try:
+            frozen = with_db_retry(tell, seconds=seconds, what=f"recording trial {trial.number}")
+        except StorageError:
+            self._write_orphan(trial, state, values, error)
+            raise
+        if frozen.state != state and not (state == optuna.trial.TrialState.COMPLETE
+                                          and frozen.state == optuna.trial.TrialState.FAIL):
+            logger.warning("worker %d: trial %d was already %s when its result arrived (a stale "
+                           "trial is failed by other workers after grace_period)",
+                           self.worker_index, trial.number, frozen.state.name)
+        frozen = with_db_retry(lambda: opened.storage.get_trial(trial_id), seconds=seconds,
+                               what=f"reading trial {trial.number}")
+        results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
+                                metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+        return frozen
+
+    def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
+        """Keep a result the database never received, so that it is not lost."""
+        import json
+
+        path = self.config.save_path / "unrecorded" / f"trial_{trial.number}.json"
+        results.atomic_write_text(path, json.dumps({
+            "number": trial.number, "state": state.name, "values": values, "params": trial.params,
+            "error": error, **run_context()}, indent=2, default=str))
+        logger.error("the database stayed unreachable; trial %d's result is kept in %s", trial.number, path)
+
+
+def is_db_down(err: BaseException) -> bool:
+    return is_connection_error(err) or isinstance(err, StorageError)

@@ -1,0 +1,553 @@
+#!/usr/bin/env bash
+# Local single-node Slurm cluster (with accounting) and PostgreSQL for hyper_opt tests.
+#
+#   scripts/local_cluster.sh up       install (if missing) and start everything; idempotent
+#   scripts/local_cluster.sh down     cancel all jobs, stop everything; idempotent
+#   scripts/local_cluster.sh status   show sinfo, the daemons and whether PostgreSQL answers
+#   scripts/local_cluster.sh env      print `export` lines: eval "$(scripts/local_cluster.sh env)"
+#   scripts/local_cluster.sh purge    down, then delete Slurm state, accounting DB and PostgreSQL data
+#
+# Meant for Debian 12 (Slurm 22.05, MariaDB 10.11, PostgreSQL 15) as root without systemd.
+# See docs/local_cluster.md.
+set -euo pipefail
+
+# ----------------------------------------------------------------------------- settings
+STATE_DIR=/var/lib/hyper_opt
+RUN_DIR=$STATE_DIR/run
+LOG_DIR=/var/log/hyper_opt_cluster
+SLURM_ETC=/etc/slurm
+CLUSTER_NAME=hyperopt
+PARTITION=debug
+PG_PORT=${HYPER_OPT_PG_PORT:-55432}
+PG_DATA=$STATE_DIR/pg
+PG_SOCKET_DIR=/var/run/postgresql
+PG_USER=hyperopt
+PG_PASSWORD=hyperopt
+PG_DB=hyperopt
+MYSQL_PORT=${HYPER_OPT_MYSQL_PORT:-53306}
+MYSQL_DATA=$STATE_DIR/mysql
+MYSQL_RUN=$RUN_DIR/mysqld
+MYSQL_SOCKET=$MYSQL_RUN/mysqld.sock
+ACCT_DB=slurm_acct_db
+NODE_CPUS=${HYPER_OPT_SLURM_CPUS:-8}
+NODE_MEMORY_MB=${HYPER_OPT_SLURM_MEMORY_MB:-16000}
+N_FAKE_GPUS=4
+WAIT_TIMEOUT=${HYPER_OPT_CLUSTER_TIMEOUT:-60}
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server postgresql)
+HOST=$(hostname -s)
+
+# ----------------------------------------------------------------------------- helpers
+log() { printf '[local_cluster] %s\n' "$*" >&2; }
+die() { printf '[local_cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_root() { [ "$(id -u)" -eq 0 ] || die "'$1' must run as root (try: sudo $0 $1)"; }
+
+# pid_of NAME PIDFILE -> prints the pid if PIDFILE names a live process called NAME
+pid_of() {
+    local name=$1 pidfile=$2 pid
+    [ -s "$pidfile" ] || return 1
+    pid=$(tr -dc 0-9 <"$pidfile")
+    [ -n "$pid" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "$name" ] || return 1
+    echo "$pid"
+}
+running() { pid_of "$1" "$2" >/dev/null; }
+
+# stop_pid NAME PIDFILE: SIGTERM the process from PIDFILE, wait, SIGKILL after 20 s
+stop_pid() {
+    local name=$1 pidfile=$2 pid i
+    pid=$(pid_of "$name" "$pidfile") || { rm -f "$pidfile"; return 0; }
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+        [ -d "/proc/$pid" ] || break
+        sleep 0.1
+    done
+    if [ -d "/proc/$pid" ]; then
+        log "$name did not stop in 20 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.25 s
+wait_for() {
+    local timeout=$1 what=$2 deadline
+    shift 2
+    deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            log "timed out after ${timeout}s waiting for $what"
+            return 1
+        fi
+        sleep 0.25
+    done
+}
+
+show_logs() {
+    local f
+    for f in "$@"; do
+        [ -f "$f" ] || continue
+        printf '\n----- last lines of %s -----\n' "$f" >&2
+        tail -n 25 "$f" >&2 || true
+    done
+}
+
+# install_file DEST MODE OWNER: stdin -> DEST if content/mode/owner differ; returns 0 if changed
+install_file() {
+    local dest=$1 mode=$2 owner=$3 tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    if [ -f "$dest" ] && cmp -s "$tmp" "$dest" &&
+        [ "$(stat -c '%a %U:%G' "$dest")" = "$mode $owner" ]; then
+        rm -f "$tmp"
+        return 1
+    fi
+    install -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$tmp" "$dest"
+    rm -f "$tmp"
+    return 0
+}
+
+pg_bin() {
+    local d
+    for d in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+
+lock() {
+    mkdir -p "$STATE_DIR"
+    exec 9>"$STATE_DIR/.lock"
+    flock -w 300 9 || die "another local_cluster.sh holds $STATE_DIR/.lock"
+}
+
+# ----------------------------------------------------------------------------- packages
+install_packages() {
+    local missing=() p created_policy=0
+    for p in "${PACKAGES[@]}"; do
+        [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] ||
+            missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    log "installing Debian packages: ${missing[*]}"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# created by hyper_opt local_cluster.sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    local rc=0
+    {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq &&
+            apt-get install -y -qq --no-install-recommends \
+                -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+                "${missing[@]}" >/dev/null
+    } || rc=$?
+    ((created_policy)) && rm -f /usr/sbin/policy-rc.d
+    ((rc == 0)) || die "apt-get install failed (exit $rc)"
+}
+
+# ----------------------------------------------------------------------------- directories
+prepare_dirs() {
+    getent passwd slurm >/dev/null || die "user slurm missing (Slurm packages not installed?)"
+    mkdir -p "$STATE_DIR" "$LOG_DIR" "$SLURM_ETC" "$RUN_DIR"
+    chmod 755 "$STATE_DIR" "$LOG_DIR"
+    chown slurm:slurm "$RUN_DIR"
+    chmod 755 "$RUN_DIR"
+    install -d -m 755 -o slurm -g slurm "$STATE_DIR/slurmctld"
+    install -d -m 755 -o root -g root "$STATE_DIR/slurmd"
+    install -d -m 755 -o mysql -g mysql "$MYSQL_RUN"
+    local f
+    for f in slurmctld.log slurmdbd.log; do
+        touch "$LOG_DIR/$f"
+        chown slurm:slurm "$LOG_DIR/$f"
+    done
+    touch "$LOG_DIR/slurmd.log" "$LOG_DIR/mariadb.log" "$LOG_DIR/postgresql.log"
+    chown mysql:mysql "$LOG_DIR/mariadb.log"
+    chown postgres:postgres "$LOG_DIR/postgresql.log"
+}
+
+# ----------------------------------------------------------------------------- munge
+MUNGE_PID=/run/munge/munged.pid
+start_munge() {
+    install -d -m 700 -o munge -g munge /etc/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        log "creating munge key"
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chown munge:munge /etc/munge/munge.key
+    chmod 400 /etc/munge/munge.key
+    install -d -m 755 -o munge -g munge /run/munge
+    install -d -m 700 -o munge -g munge /var/lib/munge /var/log/munge
+    if running munged "$MUNGE_PID"; then return 0; fi
+    log "starting munged"
+    (cd / && runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOG_DIR/munged.out" 2>&1) ||
+        { show_logs /var/log/munge/munged.log "$LOG_DIR/munged.out"; die "munged failed to start"; }
+    wait_for 10 munged bash -c 'munge -n </dev/null | unmunge' ||
+        { show_logs /var/log/munge/munged.log; die "munged does not answer"; }
+}
+
+# ----------------------------------------------------------------------------- mariadb
+MYSQL_PID=$MYSQL_RUN/mysqld.pid
+mysql_root() { mariadb --no-defaults --protocol=socket --socket="$MYSQL_SOCKET" -uroot "$@"; }
+start_mariadb() {
+    if running mariadbd "$MYSQL_PID"; then return 0; fi
+    if [ ! -d "$MYSQL_DATA/mysql" ]; then
+        log "initialising MariaDB data directory $MYSQL_DATA"
+        install -d -m 750 -o mysql -g mysql "$MYSQL_DATA"
+        mariadb-install-db --no-defaults --user=mysql --datadir="$MYSQL_DATA" \
+            --auth-root-authentication-method=socket --skip-test-db \
+            >>"$LOG_DIR/mariadb-install.log" 2>&1 ||
+            { show_logs "$LOG_DIR/mariadb-install.log"; die "mariadb-install-db failed"; }
+    fi
+    rm -f "$MYSQL_SOCKET"
+    log "starting MariaDB on 127.0.0.1:$MYSQL_PORT"
+    (cd / && setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$MYSQL_DATA" \
+        --socket="$MYSQL_SOCKET" --pid-file="$MYSQL_PID" --bind-address=127.0.0.1 \
+        --port="$MYSQL_PORT" --log-error="$LOG_DIR/mariadb.log" --skip-name-resolve \
+        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
+        --innodb-flush-log-at-trx-commit=2 --character-set-server=utf8mb4 \
+        </dev/null >>"$LOG_DIR/mariadb.log" 2>&1 &)
+    wait_for "$WAIT_TIMEOUT" MariaDB mysql_root -e 'SELECT 1' ||
+        { show_logs "$LOG_DIR/mariadb.log"; die "MariaDB did not start"; }
+    wait_for 10 "MariaDB pid file" running mariadbd "$MYSQL_PID" || true
+    # (Re)create the accounting database and user; the password lives with the data.
+    local passfile=$STATE_DIR/slurmdbd.pass pass
+    if [ ! -s "$passfile" ]; then
+        (umask 077 && head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 >"$passfile")
+    fi
+    pass=$(cat "$passfile")
+    mysql_root <<SQL
+CREATE DATABASE IF NOT EXISTS $ACCT_DB;
+CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$pass';
+GRANT ALL PRIVILEGES ON $ACCT_DB.* TO 'slurm'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON $ACCT_DB.* TO 'slurm'@'localhost';
+FLUSH PRIVILEGES;
+SQL
+}
+
+# ----------------------------------------------------------------------------- slurm configs
+SLURM_CONF_CHANGED=0
+SLURMDBD_CONF_CHANGED=0
+write_slurm_configs() {
+    local i gres_lines="" pass
+    # Fake GPUs: distinct character devices (copies of /dev/null), so that Slurm sets
+    # CUDA_VISIBLE_DEVICES / SLURM_JOB_GPUS for --gres=gpu:N jobs.
+    for ((i = 0; i < N_FAKE_GPUS; i++)); do
+        if [ ! -c "/dev/fakegpu$i" ]; then
+            rm -f "/dev/fakegpu$i"
+            mknod -m 666 "/dev/fakegpu$i" c 1 3
+        fi
+        gres_lines+="Name=gpu File=/dev/fakegpu$i"$'\n'
+    done
+    if install_file "$SLURM_ETC/gres.conf" 644 root:root <<EOF; then SLURM_CONF_CHANGED=1; fi
+# Generated by hyper_opt scripts/local_cluster.sh -- fake GPUs for local tests.
+AutoDetect=off
+$gres_lines
+EOF
+    if install_file "$SLURM_ETC/slurm.conf" 644 root:root <<EOF; then SLURM_CONF_CHANGED=1; fi
+# Generated by hyper_opt scripts/local_cluster.sh -- single-node test cluster.
+ClusterName=$CLUSTER_NAME
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=slurm
+SlurmdUser=root
+SlurmctldPort=6817
+SlurmdPort=6818
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+CredType=cred/munge
+StateSaveLocation=$STATE_DIR/slurmctld
+SlurmdSpoolDir=$STATE_DIR/slurmd
+SlurmctldPidFile=$RUN_DIR/slurmctld.pid
+SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+SwitchType=switch/none
+ReturnToService=2
+SlurmctldTimeout=30
+SlurmdTimeout=60
+MessageTimeout=10
+InactiveLimit=0
+KillWait=5
+MinJobAge=60
+Waittime=0
+JobRequeue=1
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2,batch_sched_delay=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6819
+AccountingStorageTRES=gres/gpu
+JobCompType=jobcomp/none
+GresTypes=gpu
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$NODE_MEMORY_MB Gres=gpu:$N_FAKE_GPUS State=UNKNOWN
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+    pass=$(cat "$STATE_DIR/slurmdbd.pass")
+    if install_file "$SLURM_ETC/slurmdbd.conf" 600 slurm:slurm <<EOF; then SLURMDBD_CONF_CHANGED=1; fi
+# Generated by hyper_opt scripts/local_cluster.sh
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=6819
+SlurmUser=slurm
+DebugLevel=info
+LogFile=$LOG_DIR/slurmdbd.log
+PidFile=$RUN_DIR/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$MYSQL_PORT
+StorageUser=slurm
+StoragePass=$pass
+StorageLoc=$ACCT_DB
+EOF
+}
+
+# ----------------------------------------------------------------------------- slurm daemons
+SLURMDBD_PID=$RUN_DIR/slurmdbd.pid
+SLURMCTLD_PID=$RUN_DIR/slurmctld.pid
+SLURMD_PID=$RUN_DIR/slurmd.pid
+
+start_slurmdbd() {
+    if ((SLURMDBD_CONF_CHANGED)) && running slurmdbd "$SLURMDBD_PID"; then
+        log "slurmdbd.conf changed; restarting slurmdbd"
+        stop_pid slurmdbd "$SLURMDBD_PID"
+    fi
+    if ! running slurmdbd "$SLURMDBD_PID"; then
+        log "starting slurmdbd"
+        (cd / && /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.out" 2>&1) ||
+            { show_logs "$LOG_DIR/slurmdbd.log" "$LOG_DIR/slurmdbd.out"; die "slurmdbd failed to start"; }
+    fi
+    wait_for "$WAIT_TIMEOUT" slurmdbd sacctmgr -n -P show cluster ||
+        { show_logs "$LOG_DIR/slurmdbd.log" "$LOG_DIR/mariadb.log"; die "slurmdbd does not answer"; }
+}
+
+ensure_accounting() {
+    if [ -z "$(sacctmgr -n -P show cluster "$CLUSTER_NAME" format=cluster 2>/dev/null)" ]; then
+        log "registering cluster $CLUSTER_NAME in accounting"
+        sacctmgr -i add cluster "$CLUSTER_NAME" >/dev/null
+    fi
+    if [ -z "$(sacctmgr -n -P show account root format=account 2>/dev/null)" ]; then
+        sacctmgr -i add account root Cluster="$CLUSTER_NAME" Description=root Organization=root >/dev/null
+    fi
+    if [ -z "$(sacctmgr -n -P show assoc cluster="$CLUSTER_NAME" user=root format=user 2>/dev/null)" ]; then
+        log "adding user root to accounting"
+        sacctmgr -i add user root Account=root Cluster="$CLUSTER_NAME" AdminLevel=Administrator >/dev/null
+    fi
+}
+
+node_state() { sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -n1; }
+
+start_slurmctld_slurmd() {
+    if ((SLURM_CONF_CHANGED)); then
+        if running slurmd "$SLURMD_PID" || running slurmctld "$SLURMCTLD_PID"; then
+            log "slurm.conf/gres.conf changed; restarting slurmctld and slurmd"
+        fi
+        stop_pid slurmd "$SLURMD_PID"
+        stop_pid slurmctld "$SLURMCTLD_PID"
+    fi
+    if ! running slurmctld "$SLURMCTLD_PID"; then
+        log "starting slurmctld"
+        (cd / && /usr/sbin/slurmctld -i </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1) ||
+            { show_logs "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.out"; die "slurmctld failed to start"; }
+    fi
+    wait_for "$WAIT_TIMEOUT" slurmctld bash -c 'scontrol ping | grep -q UP' ||
+        { show_logs "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.out"; die "slurmctld does not answer"; }
+    if ! running slurmd "$SLURMD_PID"; then
+        log "starting slurmd"
+        (cd / && /usr/sbin/slurmd </dev/null >>"$LOG_DIR/slurmd.out" 2>&1) ||
+            { show_logs "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.out"; die "slurmd failed to start"; }
+    fi
+    # Wait for the node to be usable; resume it if it is drained/down (e.g. after a crash).
+    local deadline=$((SECONDS + WAIT_TIMEOUT)) state last_resume=-100
+    while :; do
+        state=$(node_state)
+        case "$state" in
+        idle | mix | alloc | comp) break ;;
+        drain | drng | down | fail | failg | boot) # registered but unusable: resume
+            if ((SECONDS - last_resume >= 3)); then
+                log "node $HOST is '$state'; resuming it"
+                scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+                last_resume=$SECONDS
+            fi
+            ;;
+        esac
+        if ((SECONDS >= deadline)); then
+            sinfo -N -l >&2 || true
+            scontrol show node "$HOST" >&2 || true
+            show_logs "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmdbd.log"
+            die "node $HOST not idle after ${WAIT_TIMEOUT}s (state: '${state:-unknown}')"
+        fi
+        sleep 0.25
+    done
+}
+
+# ----------------------------------------------------------------------------- postgresql
+pg_running() { as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; }
+pg_ready() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -d postgres -U postgres; }
+psql_admin() { as_postgres psql -X -q -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+
+start_postgres() {
+    PGBIN=$(pg_bin) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    install -d -m 2775 -o postgres -g postgres "$PG_SOCKET_DIR"
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+        log "initialising PostgreSQL data directory $PG_DATA"
+        rm -rf "$PG_DATA"
+        install -d -m 700 -o postgres -g postgres "$PG_DATA"
+        as_postgres "$PGBIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+            --auth-local=peer --auth-host=scram-sha-256 >>"$LOG_DIR/postgresql-initdb.log" 2>&1 ||
+            { show_logs "$LOG_DIR/postgresql-initdb.log"; die "initdb failed"; }
+        echo "include_if_exists = 'hyper_opt.conf'" >>"$PG_DATA/postgresql.conf"
+    fi
+    local changed=0
+    if install_file "$PG_DATA/hyper_opt.conf" 600 postgres:postgres <<EOF; then changed=1; fi
+# Generated by hyper_opt scripts/local_cluster.sh (the port is given on the command line)
+listen_addresses = '127.0.0.1'
+max_connections = 300
+unix_socket_directories = '$PG_SOCKET_DIR'
+password_encryption = 'scram-sha-256'
+synchronous_commit = off
+EOF
+    if pg_running && { ((changed)) || ! pg_ready; }; then
+        log "restarting PostgreSQL (settings or port changed)"
+        as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
+    fi
+    if ! pg_running; then
+        log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+        as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$LOG_DIR/postgresql.log" \
+            -o "-p $PG_PORT" -w -t "$WAIT_TIMEOUT" start >/dev/null ||
+            { show_logs "$LOG_DIR/postgresql.log"; die "PostgreSQL did not start"; }
+    fi
+    wait_for "$WAIT_TIMEOUT" PostgreSQL pg_ready ||
+        { show_logs "$LOG_DIR/postgresql.log"; die "PostgreSQL does not answer on port $PG_PORT"; }
+    if [ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
+        log "creating PostgreSQL role $PG_USER"
+        psql_admin -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+    fi
+    if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
+        log "creating PostgreSQL database $PG_DB"
+        psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
+    fi
+}
+
+stop_postgres() {
+    PGBIN=$(pg_bin) || return 0
+    [ -d "$PG_DATA" ] || return 0
+    if pg_running; then
+        log "stopping PostgreSQL"
+        as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null ||
+            as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null || true
+    fi
+}
+
+# ----------------------------------------------------------------------------- commands
+cmd_up() {
+    need_root up
+    local t0=$SECONDS
+    install_packages
+    lock
+    prepare_dirs
+    start_munge
+    start_mariadb
+    write_slurm_configs
+    start_slurmdbd
+    ensure_accounting
+    start_slurmctld_slurmd
+    start_postgres
+    log "up: Slurm node $HOST ($(node_state)), partition $PARTITION, PostgreSQL on 127.0.0.1:$PG_PORT ($((SECONDS - t0))s)"
+}
+
+cmd_down() {
+    need_root down
+    lock
+    if running slurmctld "$SLURMCTLD_PID"; then
+        local ids
+        ids=$(squeue -h -o '%A' 2>/dev/null || true)
+        if [ -n "$ids" ]; then
+            log "cancelling jobs: $(echo $ids)"
+            # shellcheck disable=SC2086
+            scancel $ids 2>/dev/null || true
+            wait_for 30 "jobs to end" bash -c '[ -z "$(squeue -h -t running,completing -o %A)" ]' || true
+        fi
+    fi
+    stop_pid slurmd "$SLURMD_PID"
+    stop_pid slurmctld "$SLURMCTLD_PID"
+    stop_pid slurmdbd "$SLURMDBD_PID"
+    stop_pid mariadbd "$MYSQL_PID"
+    stop_pid munged "$MUNGE_PID"
+    stop_postgres
+    log "down"
+}
+
+cmd_purge() {
+    need_root purge
+    cmd_down
+    log "deleting Slurm state, accounting database and PostgreSQL data under $STATE_DIR"
+    rm -rf "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd" "$MYSQL_DATA" "$PG_DATA" \
+        "$STATE_DIR/slurmdbd.pass" "$RUN_DIR"
+}
+
+daemon_line() {
+    local name=$1 pidfile=$2 pid
+    if pid=$(pid_of "$name" "$pidfile"); then
+        printf '  %-10s running (pid %s)\n' "$name" "$pid"
+    else
+        printf '  %-10s stopped\n' "$name"
+    fi
+}
+
+cmd_status() {
+    local rc=0
+    echo "Slurm (cluster $CLUSTER_NAME, node $HOST):"
+    if command -v sinfo >/dev/null && sinfo 2>/dev/null; then :; else echo "  sinfo: no answer"; rc=1; fi
+    echo "Daemons:"
+    daemon_line munged "$MUNGE_PID"
+    daemon_line mariadbd "$MYSQL_PID"
+    daemon_line slurmdbd "$SLURMDBD_PID"
+    daemon_line slurmctld "$SLURMCTLD_PID"
+    daemon_line slurmd "$SLURMD_PID"
+    echo "PostgreSQL (127.0.0.1:$PG_PORT):"
+    if command -v pg_isready >/dev/null && pg_isready -h 127.0.0.1 -p "$PG_PORT"; then :; else
+        echo "  not answering"
+        rc=1
+    fi
+    echo "Logs: $LOG_DIR"
+    return $rc
+}
+
+cmd_env() {
+    printf 'export HYPER_OPT_TEST_PG_URL=%q\n' "postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
+    printf 'export PGPASSWORD=%q\n' "$PG_PASSWORD"
+}
+
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+case "${1:-}" in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+env) cmd_env ;;
+purge) cmd_purge ;;
+-h | --help | help) usage ;;
+*)
+    usage >&2
+    exit 2
+    ;;
+esac
