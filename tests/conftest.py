@@ -1,0 +1,143 @@
+"""Shared fixtures: a search written to a temporary folder, and the real local services.
+
+Cluster and database tests use the real Slurm and PostgreSQL started by
+``scripts/local_cluster.sh up`` (``.ci/run`` starts them). Outside CI a missing service skips
+those tests; in CI (``CI=true``) it fails them, so that they are never skipped silently there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# An objective that finishes at once: f(x) = (x - 2)^2, with a reported curve for pruners.
+FAST_OBJECTIVE = textwrap.dedent('''
+    import os, time
+    from hyper_opt import BaseObjective
+
+    class Objective(BaseObjective):
+        def __init__(self, config, metric="val_loss", device="cpu"):
+            BaseObjective.__init__(self, config, metric, device)
+
+        def train(self, trial, conf):
+            x = conf["model"]["x"]
+            sleep = float(conf.get("sleep", 0.0))
+            for step in range(int(conf.get("steps", 3))):
+                if sleep:
+                    time.sleep(sleep)
+                self.report(trial, (x - 2) ** 2 + 1.0 / (step + 1), step)
+            return {"val_loss": (x - 2) ** 2, "loss": abs(x), "device": self.device}
+''')
+
+
+@dataclass
+class Search:
+    """A search on disk: the two YAML files and the objective beside them."""
+
+    folder: Path
+    hyper: Path
+    model: Path
+
+    @property
+    def save_path(self) -> Path:
+        return self.folder / "results"
+
+    def hyper_config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.hyper.read_text())
+
+    def rewrite_hyper(self, change: Callable[[dict[str, Any]], None]) -> None:
+        data = self.hyper_config()
+        change(data)
+        self.hyper.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def cli(self, *args: str, timeout: float = 600, check: bool = False,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m hyper_opt ARGS`` in the search folder (a real process)."""
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "hyper_opt", *args], cwd=self.folder, text=True,
+                              capture_output=True, timeout=timeout, env=full_env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hyper-opt {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def write_search(folder: Path, *, optuna: Mapping[str, Any] | None = None,
+                 extra: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
+                 objective: str = FAST_OBJECTIVE) -> Search:
+    """Write a small search: hyper.yml (echo-opt format), model.yml and objective.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "objective.py").write_text(objective)
+    opt: dict[str, Any] = {
+        "study_name": f"test-{uuid.uuid4().hex[:8]}",
+        "objective": "objective.py",
+        "metric": "val_loss",
+        "direction": "minimize",
+        "n_trials": 10,
+        "heartbeat_interval": 2,
+        "grace_period": 6,
+        "sampler": {"type": "RandomSampler", "seed": 1},
+        "parameters": {
+            "model:x": {"type": "float", "settings": {"name": "x", "low": -5.0, "high": 5.0}},
+        },
+    }
+    opt.update(optuna or {})
+    hyper: dict[str, Any] = {"save_path": "results", **(extra or {}), "optuna": opt}
+    (folder / "hyper.yml").write_text(yaml.safe_dump(hyper, sort_keys=False))
+    (folder / "model.yml").write_text(yaml.safe_dump(dict(model or {"model": {"x": 0.0}}), sort_keys=False))
+    return Search(folder=folder, hyper=folder / "hyper.yml", model=folder / "model.yml")
+
+
+@pytest.fixture
+def search(tmp_path: Path) -> Search:
+    return write_search(tmp_path / "search")
+
+
+def _service_missing(what: str) -> None:
+    message = f"{what} is not running (start it with scripts/local_cluster.sh up)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
+    url = os.environ.get("HYPER_OPT_TEST_PG_URL")
+    if not url:
+        _service_missing("PostgreSQL (HYPER_OPT_TEST_PG_URL unset)")
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001
+        _service_missing(f"PostgreSQL at {url} ({err})")
+    return url  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The local Slurm cluster; returns the node name."""
+    if shutil.which("sinfo") is None:
+        _service_missing("Slurm (no sinfo)")
+    proc = subprocess.run(["sinfo", "-h", "-o", "%n %t"], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        _service_missing(f"Slurm ({proc.stderr.strip()})")
+    return proc.stdout.split()[0]

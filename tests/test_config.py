@@ -1,0 +1,304 @@
+"""Loading both real formats, and every validation error (with the key path, before anything exists)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hyper_opt.config import load_config, mask_url, parse_override
+from hyper_opt.exceptions import ConfigError
+
+from .conftest import FAST_OBJECTIVE, write_search
+
+LEGACY = textwrap.dedent('''
+    log:
+      save_path: "results/log.txt"
+    slurm:
+      jobs: 20
+      batch:
+        account: "NAML0001"
+        gres: "gpu:v100:1"
+        mem: "128G"
+        n: 8
+        t: "12:00:00"
+        J: "hyper_opt"
+        o: "hyper_opt.out"
+        e: "hyper_opt.err"
+    optuna:
+      name: "holodec_optimization.db"
+      reload: 0
+      objective: "objective.py"
+      metric: "val_loss"
+      direction: "minimize"
+      n_trials: 500
+      gpu: True
+      save_path: "test"
+      sampler:
+        type: "TPESampler"
+      parameters:
+        num_dense:
+          type: "int"
+          settings: {name: "num_dense", low: 0, high: 10}
+        dropout:
+          type: "float"
+          settings: {name: "dr", low: 0.0, high: 0.5}
+        optimizer:learning_rate:
+          type: "loguniform"
+          settings: {name: "lr", low: 1.0e-7, high: 1.0e-2}
+''')
+
+ECHO = textwrap.dedent('''
+    log: True
+    save_path: "./data"
+    slurm:
+      jobs: 2
+      tasks_per_worker: 2
+      gpus_per_node: 1
+      bash: ["source ~/.bashrc", "conda activate echo"]
+      kernel: "conda activate echo"
+      batch:
+        account: "NAML0001"
+        gres: "gpu:a100:1"
+        t: "12:00:00"
+    pbs:
+      jobs: 1
+      tasks_per_worker: 1
+      gpus_per_node: 1
+      bash: ["source ~/.bashrc"]
+      batch:
+        l: ["select=1:ncpus=8:ngpus=1:mem=64GB", "walltime=12:00:00"]
+        A: "NAML0001"
+    optuna:
+      study_name: "torch-cifar"
+      storage: "cifar.db"
+      storage_type: "sqlite"
+      objective: "objective.py"
+      direction: ["maximize", "minimize"]
+      metric: ["valid_accuracy", "valid_loss"]
+      n_trials: 500
+      gpu: True
+      sampler:
+        type: "TPESampler"
+        n_startup_trials: 50
+      enqueue:
+        - {learning_rate: 0.001, dropout: 0.1}
+      parameters:
+        learning_rate:
+          type: "loguniform"
+          settings: {name: "learning_rate", low: 0.00000001, high: 0.01}
+        dropout:
+          type: "float"
+          settings: {name: "dropout", low: 0.0, high: 0.5}
+        activation:
+          type: "categorical"
+          settings: {name: "activation", choices: ["relu", "tanh"]}
+        filters:
+          type: "discrete_uniform"
+          settings: {name: "filters", low: 8, high: 64, q: 8}
+        width:
+          type: "uniform"
+          settings: {name: "width", low: 0.5, high: 2.0}
+''')
+
+
+def _write(tmp_path: Path, text: str, model: dict | None = None) -> tuple[Path, Path]:
+    (tmp_path / "objective.py").write_text(FAST_OBJECTIVE)
+    hyper = tmp_path / "hyper.yml"
+    hyper.write_text(text)
+    model_path = tmp_path / "model.yml"
+    model_path.write_text(yaml.safe_dump(model or {"optimizer": {"learning_rate": 0.1}, "dropout": 0.2}))
+    return hyper, model_path
+
+
+def test_legacy_format_loads_unchanged(tmp_path: Path) -> None:
+    hyper, model = _write(tmp_path, LEGACY)
+    config, model_conf = load_config(hyper, model)
+    spec = config.optuna
+    assert config.save_path == (tmp_path / "test").resolve()
+    assert config.log_file == (tmp_path / "results" / "log.txt").resolve()
+    assert spec.storage.kind == "sqlite" and spec.storage.path == config.save_path / "holodec_optimization.db"
+    assert spec.study_name == "holodec_optimization"
+    assert spec.reload is False and spec.gpu is True and spec.n_trials == 500
+    assert spec.metrics == ("val_loss",) and spec.directions == ("minimize",)
+    assert [(p.key, p.name, p.type) for p in spec.parameters] == [
+        ("num_dense", "num_dense", "int"), ("dropout", "dr", "float"),
+        ("optimizer:learning_rate", "lr", "loguniform")]
+    assert config.slurm is not None and config.slurm.jobs == 20
+    assert config.slurm.batch["gres"] == "gpu:v100:1" and config.slurm.batch["t"] == "12:00:00"
+    assert spec.objective.file == tmp_path / "objective.py" and spec.objective.class_name == "Objective"
+    assert model_conf == {"optimizer": {"learning_rate": 0.1}, "dropout": 0.2}
+
+
+def test_echo_format_loads_unchanged(tmp_path: Path) -> None:
+    hyper, model = _write(tmp_path, ECHO)
+    config, _ = load_config(hyper, model)
+    spec = config.optuna
+    assert config.save_path == (tmp_path / "data").resolve()
+    assert spec.study_name == "torch-cifar"
+    assert spec.storage.path == config.save_path / "cifar.db"
+    assert spec.metrics == ("valid_accuracy", "valid_loss") and spec.multi_objective
+    assert spec.enqueue == ({"learning_rate": 0.001, "dropout": 0.1},)
+    assert spec.sampler is not None and spec.sampler.kwargs == {"n_startup_trials": 50}
+    assert config.slurm is not None and config.slurm.workers_per_job == 2
+    assert config.slurm.bash == ("source ~/.bashrc", "conda activate echo")
+    assert config.pbs is not None and config.pbs.jobs == 1
+
+
+def test_echo_journal_and_url_storages(tmp_path: Path) -> None:
+    hyper, model = _write(tmp_path, ECHO.replace('storage_type: "sqlite"', 'storage_type: "nfs"'))
+    config, _ = load_config(hyper, model)
+    assert config.optuna.storage.kind == "journal" and config.optuna.heartbeat_interval is None
+    hyper.write_text(ECHO.replace('storage: "cifar.db"', 'storage: "postgresql://u:secret@db:5432/x"')
+                     .replace('storage_type: "sqlite"', 'storage_type: "postgresql"'))
+    config, _ = load_config(hyper, model)
+    assert config.optuna.storage.kind == "url" and config.optuna.storage.is_server
+    assert "secret" not in mask_url(config.optuna.storage.url or "")
+
+
+def _problems(tmp_path: Path, text: str, model: dict | None = None, **kwargs: object) -> str:
+    hyper, model_path = _write(tmp_path, text, model)
+    with pytest.raises(ConfigError) as info:
+        load_config(hyper, model_path, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert str(hyper) in message or "command line" in message
+    assert not (tmp_path / "test").exists() and not (tmp_path / "data").exists(), "nothing may be created"
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("optuna:", "optuna:\n  bogus_key: 1"), ["optuna:bogus_key", "unknown key", "n_trials"]),
+        (("log:", "colour: red\nlog:"), ["colour", "unknown key"]),
+        (("n_trials: 500", "n_trials: many"), ["optuna:n_trials", "'many'", "integer >= 1"]),
+        (("n_trials: 500", "n_trials: 0"), ["optuna:n_trials", "0"]),
+        (('type: "TPESampler"', 'type: "TPESamplr"'), ["optuna:sampler:type", "'TPESamplr'", "TPESampler", "RandomSampler"]),
+        (('type: "TPESampler"', 'type: "TPESampler"\n    n_startup: 3'), ["optuna:sampler", "n_startup", "n_startup_trials"]),
+        (('direction: "minimize"', 'direction: "minimise"'), ["optuna:direction", "'minimise'", "minimize, maximize"]),
+        (('type: "loguniform"', 'type: "logarithmic"'), ["optuna:parameters:optimizer:learning_rate:type", "'logarithmic'", "loguniform"]),
+        (('low: 0.0, high: 0.5', 'low: 0.9, high: 0.5'), ["optuna:parameters:dropout:settings", "0.9", "greater than high"]),
+        (('low: 1.0e-7, high', 'low: 0.0, high'), ["optuna:parameters:optimizer:learning_rate:settings:low", "> 0 on a log scale"]),
+        (('low: 0, high: 10', 'low: 0.5, high: 10'), ["optuna:parameters:num_dense:settings:low", "0.5", "integer"]),
+        (('{name: "dr", low: 0.0, high: 0.5}', '{name: "dr", low: 0.0, high: 0.5, stepp: 0.1}'), ["settings:stepp", "not a float setting", "step"]),
+        (('{name: "dr", low: 0.0, high: 0.5}', '{name: "num_dense", low: 0.0, high: 0.5}'), ["dropout:settings:name", "'num_dense'", "unique"]),
+        (('objective: "objective.py"', 'objective: "missing.py"'), ["optuna:objective", "missing.py", "not found"]),
+        (('objective: "objective.py"', 'objective: "objective.py:Nope"'), ["optuna:objective", "no class 'Nope'"]),
+        (('objective: "objective.py"', 'objective: "no_such_pkg.mod:Objective"'), ["optuna:objective", "no_such_pkg.mod", "cannot be imported"]),
+        (("reload: 0", "reload: 7"), ["optuna:reload", "7"]),
+        (("jobs: 20", "jobs: -1"), ["slurm:jobs", "-1"]),
+        (('mem: "128G"', 'mem: "128G\\nrm -rf /"'), ["slurm:batch:mem", "newline"]),
+    ],
+)
+def test_each_problem_names_its_key_path(tmp_path: Path, change: tuple[str, str], expected: list[str]) -> None:
+    assert change[0] in LEGACY
+    message = _problems(tmp_path, LEGACY.replace(change[0], change[1], 1))
+    for text in expected:
+        assert text in message, f"{text!r} not in:\n{message}"
+
+
+def test_pruner_by_name_and_bad_values(tmp_path: Path) -> None:
+    ok = LEGACY.replace('type: "TPESampler"', 'type: "TPESampler"\n  pruner:\n    type: "MedianPruner"\n    n_startup_trials: 2')
+    hyper, model = _write(tmp_path, ok)
+    config, _ = load_config(hyper, model)
+    assert config.optuna.pruner is not None and config.optuna.pruner.type == "MedianPruner"
+    message = _problems(tmp_path, ok.replace("n_startup_trials: 2", "n_startup_trials: -4"))
+    assert "optuna:pruner" in message and "-4" in message
+    message = _problems(tmp_path, ok.replace('"MedianPruner"', '"MedianPrunner"'))
+    assert "MedianPrunner" in message and "SuccessiveHalvingPruner" in message
+
+
+def test_wrapped_pruner_is_built_from_a_nested_mapping(tmp_path: Path) -> None:
+    text = LEGACY.replace('type: "TPESampler"', 'type: "TPESampler"\n  pruner:\n    type: PatientPruner\n'
+                          '    patience: 2\n    wrapped_pruner: {type: MedianPruner, n_startup_trials: 1}')
+    hyper, model = _write(tmp_path, text)
+    config, _ = load_config(hyper, model)
+    from hyper_opt.study import make_pruner
+
+    pruner = make_pruner(config.optuna.pruner)
+    assert type(pruner).__name__ == "PatientPruner"
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    text = LEGACY.replace("n_trials: 500", "n_trials: -1").replace('direction: "minimize"', 'direction: "up"')
+    message = _problems(tmp_path, text)
+    assert "optuna:n_trials" in message and "optuna:direction" in message
+    assert message.startswith("2 problem(s)")
+
+
+def test_metric_and_direction_lists_must_match(tmp_path: Path) -> None:
+    message = _problems(tmp_path, ECHO.replace('metric: ["valid_accuracy", "valid_loss"]', 'metric: ["a", "b", "c"]'))
+    assert "2 direction(s) for 3 metric(s)" in message
+
+
+def test_enqueue_names_must_be_parameters(tmp_path: Path) -> None:
+    message = _problems(tmp_path, ECHO.replace("{learning_rate: 0.001, dropout: 0.1}", "{learnig_rate: 0.001}"))
+    assert "optuna:enqueue:0:learnig_rate" in message
+
+
+def test_strict_refuses_parameters_that_are_not_model_paths(tmp_path: Path) -> None:
+    hyper, model = _write(tmp_path, LEGACY)
+    load_config(hyper, model)  # num_dense is not a model path: fine without --strict
+    message = _problems(tmp_path, LEGACY, strict=True)
+    assert "optuna:parameters:num_dense" in message and "--strict" in message
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hyper, model = _write(tmp_path, LEGACY)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config, _ = load_config(hyper.name if False else hyper, model)
+    assert config.save_path == tmp_path / "test"
+    assert config.optuna.objective.file == tmp_path / "objective.py"
+
+
+def test_objective_relative_to_the_working_directory_is_accepted_for_old_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    hyper, model = _write(sub, LEGACY.replace('objective: "objective.py"', 'objective: "code/objective.py"'))
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "objective.py").write_text(FAST_OBJECTIVE)
+    monkeypatch.chdir(tmp_path)
+    config, _ = load_config(hyper, model)
+    assert config.optuna.objective.file == tmp_path / "code" / "objective.py"
+
+
+def test_overrides_reach_either_file_and_never_silently_miss(tmp_path: Path) -> None:
+    hyper, model = _write(tmp_path, LEGACY)
+    config, conf = load_config(hyper, model, overrides=["optuna:n_trials=7", "optimizer:learning_rate=0.5",
+                                                         "hyper:optuna:gpu=false"])
+    assert config.optuna.n_trials == 7 and config.optuna.gpu is False
+    assert conf is not None and conf["optimizer"]["learning_rate"] == 0.5
+    with pytest.raises(ConfigError, match="optimizer:lr"):
+        load_config(hyper, model, overrides=["optimizer:lr=0.5"])
+    with pytest.raises(ConfigError, match="expected KEY:PATH=VALUE"):
+        load_config(hyper, model, overrides=["optuna:n_trials"])
+    assert parse_override("a:b=[1, 2]") == (("a", "b"), [1, 2])
+    assert parse_override("optuna:reload=0") == (("optuna", "reload"), 0)
+
+
+def test_missing_files_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hyperparameter file not found"):
+        load_config(tmp_path / "nope.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("optuna: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_in_one_message_without_traceback(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": "ten", "direction": "sideways"})
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2
+    assert "optuna:n_trials" in proc.stderr and "optuna:direction" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not s.save_path.exists()
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--debug")
+    assert "Traceback" in proc.stderr
