@@ -35,8 +35,13 @@ def _setup_logging(level: str = "INFO", *, debug: bool = False, log_file: Path |
         handler.setFormatter(fmt)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else getattr(logging, level))
+    import optuna  # configures its own logger on import: route it through ours instead
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.DEBUG if debug else logging.WARNING)
     if not debug:
-        for noisy in ("optuna", "sqlalchemy", "alembic"):
+        for noisy in ("sqlalchemy", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -138,7 +143,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         else:
             print(f"launch     {config.local_workers} local worker process(es)")
         return EXIT_OK
+    if use_slurm:
+        from hyper_opt.launch.slurm import sbatch_parameters
+
+        sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
     opened = open_study(config, create=True, check_reload=True, replace=args.replace)
+    if use_slurm or spec.heartbeat_interval:
+        from hyper_opt.study import fail_stale_trials
+
+        fail_stale_trials(opened.study)  # a resumed study first re-queues dead trials
     c = counts(opened)
     if n_finished(c) >= spec.n_trials:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
@@ -147,7 +160,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if use_slurm:
         from hyper_opt.launch.slurm import submit
 
-        submit(config, opened)
+        submit(config, opened, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
+        opened.lock.close()
         return EXIT_OK
     from hyper_opt.launch.local import run_local
 

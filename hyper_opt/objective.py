@@ -66,6 +66,7 @@ class BaseObjective:
         self.save_path: Path | None = None
         self._parameters: Sequence[ParameterSpec] = ()
         self._custom_updates: CustomUpdates | None = None
+        self._stop_event: Any = None  # set by the worker: a threading.Event, set when the job ends
         self._metrics: tuple[str, ...] = (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
 
     # ------------------------------------------------------------------ for users
@@ -75,12 +76,53 @@ class BaseObjective:
         raise NotImplementedError("write train(self, trial, conf) in your Objective class")
 
     def report(self, trial: optuna.Trial, value: float, step: int) -> None:
-        """Report an intermediate value; raise ``optuna.TrialPruned`` when the pruner says so."""
+        """Report an intermediate value; raise ``optuna.TrialPruned`` when the pruner says so.
+
+        This is also the trial's safe point: when the job is about to end (Slurm's warning
+        signal before a time limit or preemption) the trial stops here, to be resumed from its
+        last :meth:`save_checkpoint` when it runs again.
+        """
         import optuna
 
         trial.report(float(value), step)
+        if self._stop_event is not None and self._stop_event.is_set():
+            from hyper_opt.worker import Interrupted
+
+            raise Interrupted(f"the job is ending; trial stopped at step {step}, to be resumed")
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} with value {float(value):.6g}")
+
+    def checkpoint_path(self, trial: optuna.Trial) -> Path:
+        """A folder for this trial's checkpoints; a retried copy of the trial gets the same one."""
+        origin = trial.user_attrs.get("retry_of", trial.number) if hasattr(trial, "user_attrs") else trial.number
+        base = self.save_path if self.save_path is not None else Path(".")
+        path = base / "checkpoints" / f"trial_{origin}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_checkpoint(self, trial: optuna.Trial, state: Any) -> Path:
+        """Save ``state`` (anything picklable; torch tensors too) atomically for this trial."""
+        import pickle
+        import tempfile
+
+        path = self.checkpoint_path(trial) / "checkpoint.pkl"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, trial: optuna.Trial) -> Any | None:
+        """The state last saved for this trial (or the trial it retries), or None."""
+        import pickle
+
+        path = self.checkpoint_path(trial) / "checkpoint.pkl"
+        if not path.exists():
+            return None
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -65,7 +65,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         row["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 3)
     for key in CONTEXT_ATTRS:
         row[key] = trial.user_attrs.get(key, "")
-    row["retry_of"] = trial.system_attrs.get("failed_trial", "")
+    row["retry_of"] = trial.system_attrs.get("failed_trial", trial.user_attrs.get("retry_of", ""))
     error = trial.user_attrs.get("error") or ""
     row["error"] = error.strip().splitlines()[-1] if error else ""
     return row

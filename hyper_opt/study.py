@@ -159,7 +159,18 @@ def best_summary(study: optuna.Study) -> str:
     return f"best {trial.value:.6g} (trial {trial.number})"
 
 
-def suppress_experimental_warnings() -> None:
+def fail_stale_trials(study: optuna.Study) -> None:
+    """optuna's stale-trial check (marked experimental, stable since 2.9), without its warning."""
     import optuna
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``; optuna warns that heartbeats are meant for ``optimize``, but hyper_opt
+    runs the heartbeat itself (see hyper_opt.worker)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return study.ask()

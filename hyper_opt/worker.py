@@ -26,6 +26,7 @@ import statistics
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
 from hyper_opt.storage import is_connection_error, with_db_retry
-from hyper_opt.study import Opened, open_study
+from hyper_opt.study import Opened, ask, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WAIT_POLL_S = 2.0
+PREEMPT_GRACE_S = 45  # after SIGUSR1, how long a trial may run on before it is interrupted
 
 
 class Stop(enum.Enum):
@@ -110,6 +112,7 @@ class Worker:
         self.deadline = deadline  # time.time() by which the worker must have exited
         self.max_trials = max_trials
         self._stop_requested = False
+        self.stop_requested = threading.Event()  # seen by BaseObjective.report: stop at a safe point
         self._in_trial = False
         self._durations: list[float] = []
         spec = config.optuna
@@ -121,15 +124,24 @@ class Worker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         first = not self._stop_requested
         self._stop_requested = True
+        name = signal.Signals(signum).name
+        if signum == signal.SIGUSR1 and self._in_trial:
+            # Slurm's warning before a time limit or preemption: let the objective reach a safe
+            # point (its next report, after saving a checkpoint); force the stop if it does not.
+            logger.warning("worker %d: %s (job ending): the trial stops at its next report",
+                           self.worker_index, name)
+            self.stop_requested.set()
+            signal.alarm(PREEMPT_GRACE_S)
+            return
         logger.warning("worker %d: %s received; stopping after the current trial is recorded",
-                       self.worker_index, signal.Signals(signum).name)
-        if self._in_trial and first:
-            raise Interrupted(f"worker interrupted by {signal.Signals(signum).name}")
+                       self.worker_index, name)
+        if self._in_trial and (first or signum == signal.SIGALRM):
+            raise Interrupted(f"worker interrupted by {name}")
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_signal)
-            signal.signal(signal.SIGTERM, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
+                signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ loop
 
@@ -141,6 +153,7 @@ class Worker:
         opened = open_study(self.config, create=True, worker_index=self.worker_index)
         device = pick_device() if self.config.optuna.gpu or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
+        objective._stop_event = self.stop_requested
         logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,
                     self.config.optuna.study_name, device, os.getpid())
         self._seed_durations(opened)
@@ -217,7 +230,7 @@ class Worker:
             TS = optuna.trial.TrialState
             with opened.lock.hold():
                 if self.config.optuna.heartbeat_interval:
-                    optuna.storages.fail_stale_trials(opened.study)
+                    fail_stale_trials(opened.study)
                 active = opened.storage.get_all_trials(
                     opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING))
                 finished = sum(t.state != TS.RUNNING for t in active)
@@ -227,7 +240,7 @@ class Worker:
                 if len(active) >= n_trials:
                     # Only wait where a dead worker's trial can go stale and be retried.
                     return None if self.config.optuna.heartbeat_interval else Stop.BUDGET
-                return opened.study.ask()
+                return ask(opened.study)
 
         return with_db_retry(attempt, seconds=self.config.optuna.db_retry_seconds, what="starting a trial")
 
@@ -247,12 +260,18 @@ class Worker:
                 heartbeat.__enter__()
             self._in_trial = True
             try:
-                for key, value in run_context().items():
+                origin = opened.storage.get_trial_system_attrs(trial_id).get("failed_trial")
+                attrs = dict(run_context())
+                if origin is not None:
+                    attrs["retry_of"] = origin  # a retried copy: same parameters, same checkpoints
+                for key, value in attrs.items():
                     trial.set_user_attr(key, value)
-                logger.info("worker %d: trial %d started", self.worker_index, trial.number)
+                logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
+                            f" (retry of trial {origin})" if origin is not None else "")
                 values = objective(trial)
             finally:
                 self._in_trial = False
+                signal.alarm(0) if threading.current_thread() is threading.main_thread() else None
         except optuna.TrialPruned as err:
             state = TS.PRUNED
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
@@ -267,7 +286,26 @@ class Worker:
             if heartbeat is not None:
                 heartbeat.__exit__(None, None, None)
         self._durations.append(time.time() - started)
-        return self._record(opened, trial, trial_id, state, values, error)
+        frozen = self._record(opened, trial, trial_id, state, values, error)
+        if self._stop_requested and frozen.state == TS.FAIL and error and "Interrupted" in error:
+            self._retry(opened, frozen)
+        return frozen
+
+    def _retry(self, opened: Opened, frozen: optuna.trial.FrozenTrial) -> None:
+        """Re-queue an interrupted trial (scancel, preemption, Ctrl-C) like a stale one: a WAITING
+        copy with the same parameters, within optuna:max_retry."""
+        callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is None:
+            import optuna
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.config.optuna.max_retry)
+                            if self.config.optuna.max_retry else None)
+        if callback is not None:
+            with_db_retry(lambda: callback(opened.study, frozen), seconds=self.config.optuna.db_retry_seconds,
+                          what=f"re-queueing trial {frozen.number}")
+            logger.info("worker %d: trial %d re-queued to run again", self.worker_index, frozen.number)
 
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
                 error: str | None) -> optuna.trial.FrozenTrial:

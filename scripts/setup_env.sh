@@ -16,6 +16,6 @@ fi
 # torch first, pinned: 2.13.0 is a CPU wheel on these machines; an unpinned torch may pull CUDA builds.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" >"$VENV/pip-$$.log" 2>&1 || { tail -20 "$VENV/pip-$$.log" >&2; exit 1; }
 "$VENV/bin/python" -m pip install -q -e ".[all,test]" >"$VENV/pip-$$.log" 2>&1 || { tail -20 "$VENV/pip-$$.log" >&2; exit 1; }
-KERAS_BACKEND=torch "$VENV/bin/python" -c "import hyper_opt, optuna, torch, keras, pytorch_metric_learning, sklearn, psycopg2" \
+KERAS_BACKEND=torch "$VENV/bin/python" -c "import hyper_opt, optuna, torch, keras, pytorch_metric_learning, sklearn, psycopg, psycopg2" \
   || { echo "setup_env.sh: the environment in $VENV is incomplete" >&2; exit 1; }
 echo "$want" > "$stamp"

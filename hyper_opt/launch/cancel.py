@@ -1,16 +1,88 @@
-"""Placeholder: this command is being written."""
+"""``hyper-opt cancel HYPER.yml``: cancel the study's Slurm jobs; their running trials are retried.
+
+``scancel`` ends the jobs; the trials those jobs were running are then marked FAIL and, within
+``optuna:max_retry``, re-queued with the same parameters, so that a later ``optimize --reload``
+runs them again instead of finding them RUNNING forever.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
+import subprocess
+import time
 
-from hyper_opt.cli import add_common_arguments
+from hyper_opt.cli import add_common_arguments, load_from_args
+from hyper_opt.exceptions import SubmissionError
+
+logger = logging.getLogger(__name__)
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, model="optional")
+    add_common_arguments(parser, model="none")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"hyper-opt {args.command}: not implemented yet")
-    return 2
+    from hyper_opt.launch.slurm import job_states, recorded_jobs
+    from hyper_opt.study import open_study
+
+    config, _ = load_from_args(args)
+    jobs = [j["job_id"] for j in recorded_jobs(config)]
+    if not jobs:
+        print("no Slurm jobs recorded for this study")
+        return 0
+    if shutil.which("scancel") is None:
+        raise SubmissionError("scancel is not on PATH: run this on a Slurm login node")
+    states = job_states(jobs)
+    active = [j for j, s in states.items() if s in ACTIVE or s == "?"]
+    if active:
+        proc = subprocess.run(["scancel", *active], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise SubmissionError(f"scancel {' '.join(active)} failed: {proc.stderr.strip()}")
+        print(f"cancelled {len(active)} job(s): {' '.join(active)}")
+        _wait_gone(active)
+    else:
+        print("no active jobs to cancel")
+    opened = open_study(config, create=False)
+    try:
+        retried = fail_trials_of_jobs(opened, jobs)
+    finally:
+        opened.lock.close()
+    print(f"{len(retried)} running trial(s) marked FAIL and re-queued: {retried}" if retried
+          else "no trial was left RUNNING")
+    return 0
+
+
+def _wait_gone(ids: list[str], timeout: float = 60.0) -> None:
+    from hyper_opt.launch.slurm import job_states
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(s in ACTIVE for s in job_states(ids).values()):
+            return
+        time.sleep(1.0)
+
+
+def fail_trials_of_jobs(opened, job_ids: list[str]) -> list[int]:  # type: ignore[no-untyped-def]
+    """Mark RUNNING trials of these jobs FAIL and re-queue copies (within max_retry)."""
+    import optuna
+
+    wanted = {str(j) for j in job_ids}
+    callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    done = []
+    for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
+        job = str(trial.user_attrs.get("slurm_job_id", ""))
+        if job not in wanted and job.split("_")[0] not in wanted:
+            continue
+        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+        try:
+            opened.storage.set_trial_user_attr(trial_id, "error", f"Slurm job {job} was cancelled")
+            opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if callback is not None:
+            callback(opened.study, opened.storage.get_trial(trial_id))
+        done.append(trial.number)
+    return done
