@@ -1,0 +1,141 @@
+"""The Slurm job script and parameters as pure functions of the config (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from hyper_opt.config import load_config
+from hyper_opt.exceptions import ConfigError
+from hyper_opt.launch.slurm import JobMain, sbatch_parameters, sbatch_script, time_limit_seconds, visible_gpus
+from hyper_opt.launch.slurm_env import parse_time_left
+
+from .conftest import write_search
+
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_basic.sh"
+
+SLURM = {
+    "jobs": 3,
+    "gpus_per_node": 2,
+    "tasks_per_worker": 2,
+    "bash": ["module load cuda", "conda activate 'my env'"],
+    "kernel": "echo kernel-line",
+    "batch": {"account": "NAML0001", "gres": "gpu:v100:2", "mem": "128G", "n": 8, "t": "12:00:00",
+              "J": "hyper_opt", "o": "hyper_opt.out", "e": "hyper_opt.err", "constraint": "a100&ib",
+              "exclusive": True},
+}
+
+
+def _config(tmp_path: Path, slurm: dict | None = None):  # type: ignore[no-untyped-def]
+    s = write_search(tmp_path / "s", extra={"slurm": slurm or SLURM})
+    return load_config(s.hyper, s.model)[0]
+
+
+def _normalise(text: str, config) -> str:  # type: ignore[no-untyped-def]
+    text = text.replace(str(config.hyper_path.parent), "<SEARCH>")
+    return re.sub(r"^\S*python\S* -u -m submitit", "<PYTHON> -u -m submitit", text, flags=re.M)
+
+
+def test_job_script_matches_the_golden_file(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    text = _normalise(sbatch_script(config), config)
+    if os.environ.get("HYPER_OPT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_short_options_are_spelled_out_and_values_quoted(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    params = sbatch_parameters(config)
+    assert params["ntasks"] == "8" and params["time"] == "12:00:00" and params["job-name"] == "hyper_opt"
+    assert params["output"] == str(config.hyper_path.parent / "hyper_opt.out")
+    assert params["exclusive"] is True
+    script = sbatch_script(config)
+    assert "#SBATCH --constraint='a100&ib'" in script
+    assert "conda activate 'my env'" in script
+    assert script.index("module load cuda") < script.index("echo kernel-line") < script.index("submitit.core._submit")
+
+
+def test_gres_is_added_for_gpus_per_node_and_defaults_are_set(tmp_path: Path) -> None:
+    params = sbatch_parameters(_config(tmp_path, {"gpus_per_node": 4, "batch": {"partition": "gpu"}}))
+    assert params["gres"] == "gpu:4"
+    assert params["time"] == "12:00:00" and params["job-name"].startswith("hyper_opt-test-")
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({"t": "12 hours"}, "slurm:batch:t: '12 hours' is not a Slurm time"),
+        ({"time": "1:2:3:4"}, "slurm:batch:time"),
+        ({"mem": "lots"}, "slurm:batch:mem: 'lots' is not a memory size"),
+        ({"z": "1"}, "unknown short sbatch option -z"),
+        ({"signal": "USR1@10"}, "--signal is set by hyper_opt"),
+        ({"t": "10", "time": "20"}, "given twice"),
+        ({"bad key": 1}, "is not an sbatch option name"),
+        ({"n": "eight"}, "slurm:batch:n: 'eight' is not a count"),
+    ],
+)
+def test_malformed_options_are_refused_naming_the_key(tmp_path: Path, batch: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        sbatch_parameters(_config(tmp_path, {"batch": batch}))
+    assert expected in str(info.value)
+
+
+def test_newline_in_a_value_is_refused_when_loading(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="slurm:batch:mem: must not contain a newline"):
+        _config(tmp_path, {"batch": {"mem": "4G\n#SBATCH --x"}})
+
+
+def test_times_and_time_left() -> None:
+    assert time_limit_seconds("90") == 5400
+    assert time_limit_seconds("1:30") == 90
+    assert time_limit_seconds("02:00:00") == 7200
+    assert time_limit_seconds("1-2") == 93600
+    assert time_limit_seconds("1-00:00:10") == 86410
+    assert time_limit_seconds("UNLIMITED") is None
+    assert parse_time_left("1-02:03:04") == 93784
+    assert parse_time_left("05:00") == 300
+    assert parse_time_left("UNLIMITED") is None
+
+
+def test_each_worker_gets_exactly_one_of_the_jobs_gpus() -> None:
+    main = JobMain("h.yml", "m.yml", [], job_index=0, gpus_per_node=2, tasks_per_worker=2)
+    assert main.plan({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "2", "3", "3"]
+    assert main.plan({"SLURM_JOB_GPUS": "1,5"}) == ["1", "1", "5", "5"]
+    assert main.plan({}) == ["", "", "", ""], "a job without GPUs runs CPU workers"
+    one = JobMain("h.yml", None, [], job_index=0, gpus_per_node=0, tasks_per_worker=3)
+    assert one.plan({}) == ["", "", ""]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}) == []
+
+
+def test_dry_run_prints_the_script_and_never_calls_sbatch(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", extra={"slurm": SLURM}, optuna={"storage": "postgresql://u:s3cret@db/x"})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch_calls"
+    fake = bin_dir / "sbatch"
+    fake.write_text(f"#!/bin/sh\necho called >> {calls}\necho 'Submitted batch job 42'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True,
+                 env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert "#SBATCH --gres=gpu:v100:2" in proc.stdout and "submitit.core._submit" in proc.stdout
+    assert "3 Slurm job(s)" in proc.stdout and "4 worker(s) each" in proc.stdout
+    assert "s3cret" not in proc.stdout + proc.stderr and "postgresql://u:***@db/x" in proc.stdout
+    assert not calls.exists(), "--dry-run must not submit"
+    assert not s.save_path.exists(), "--dry-run must not create anything"
+
+
+def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", extra={"slurm": {"batch": {"t": "10"}}})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Invalid account or account/partition combination' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    proc = s.cli("optimize", "hyper.yml", "model.yml", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 2
+    assert "Invalid account" in proc.stderr and "Traceback" not in proc.stderr
