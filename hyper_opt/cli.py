@@ -115,7 +115,7 @@ def load_from_args(args: argparse.Namespace, *, strict: bool = False):  # type: 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from hyper_opt.config import missing_model_paths
     from hyper_opt.results import write_trials_csv
-    from hyper_opt.storage import describe
+    from hyper_opt.storage import describe, with_db_retry
     from hyper_opt.study import best_summary, counts, n_finished, open_study
 
     if args.reload:
@@ -168,8 +168,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"study {spec.study_name!r} in {describe(spec.storage)}: {n_finished(c)}/{spec.n_trials} "
           f"finished; starting {config.local_workers} worker(s)", file=sys.stderr)
     started = time.monotonic()
-    failed_workers = run_local(config, opened, workers=config.local_workers, debug=args.debug)
-    trials = opened.storage.get_all_trials(opened.study_id)
+    run_local(config, opened, workers=config.local_workers, debug=args.debug)
+    trials = with_db_retry(lambda: opened.storage.get_all_trials(opened.study_id),
+                           seconds=spec.db_retry_seconds, what="reading the trials")
     merged = write_trials_csv(config.save_path / "trials.csv", trials,
                               param_names=[p.name for p in spec.parameters],
                               metric_names=list(spec.metrics), n_values=len(spec.directions))

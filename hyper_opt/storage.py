@@ -96,18 +96,25 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def is_connection_error(err: BaseException) -> bool:
-    """True for errors that mean "the database is unreachable right now" (worth retrying)."""
+def is_connection_error(err: BaseException | None) -> bool:
+    """True for errors that mean "the database is unreachable right now" (worth retrying).
+
+    optuna wraps driver errors (``StorageInternalError``), so the cause chain is searched.
+    """
     try:
         import sqlalchemy.exc
     except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
         return False
-    if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
-        return True
-    if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                        sqlalchemy.exc.DisconnectionError)):
-        text = str(err).lower()
-        return not ("no such table" in text or "syntax" in text)
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
+            return True
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            sqlalchemy.exc.DisconnectionError)):
+            text = str(err).lower()
+            return not ("no such table" in text or "syntax" in text or "database is locked" in text)
+        err = err.__cause__ or err.__context__
+        seen += 1
     return False
 
 
@@ -161,7 +168,11 @@ class BudgetLock:
                 self._fh = open(self._file(), "a+b")  # noqa: SIM115 - kept open across trials
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
         else:
-            self._server_lock()
+            try:
+                self._server_lock()
+            except Exception:
+                self.close()  # a dead connection: the next attempt opens a new one
+                raise
         self._held = True
 
     def _server_lock(self) -> None:

@@ -125,7 +125,7 @@ class Worker:
         first = not self._stop_requested
         self._stop_requested = True
         name = signal.Signals(signum).name
-        if signum == signal.SIGUSR1 and self._in_trial:
+        if signum in (signal.SIGUSR1, signal.SIGUSR2) and self._in_trial:
             # Slurm's warning before a time limit or preemption: let the objective reach a safe
             # point (its next report, after saving a checkpoint); force the stop if it does not.
             logger.warning("worker %d: %s (job ending): the trial stops at its next report",
@@ -140,7 +140,7 @@ class Worker:
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
                 signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ loop
@@ -260,12 +260,9 @@ class Worker:
                 heartbeat.__enter__()
             self._in_trial = True
             try:
-                origin = opened.storage.get_trial_system_attrs(trial_id).get("failed_trial")
-                attrs = dict(run_context())
-                if origin is not None:
-                    attrs["retry_of"] = origin  # a retried copy: same parameters, same checkpoints
-                for key, value in attrs.items():
-                    trial.set_user_attr(key, value)
+                origin = with_db_retry(lambda: self._start_bookkeeping(opened, trial, trial_id),
+                                       seconds=self.config.optuna.db_retry_seconds,
+                                       what=f"starting trial {trial.number}")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
                 values = objective(trial)
@@ -306,6 +303,17 @@ class Worker:
             with_db_retry(lambda: callback(opened.study, frozen), seconds=self.config.optuna.db_retry_seconds,
                           what=f"re-queueing trial {frozen.number}")
             logger.info("worker %d: trial %d re-queued to run again", self.worker_index, frozen.number)
+
+    @staticmethod
+    def _start_bookkeeping(opened: Opened, trial: optuna.Trial, trial_id: int) -> int | None:
+        """Record where the trial runs; return the trial it retries, if it is a retried copy."""
+        origin = opened.storage.get_trial_system_attrs(trial_id).get("failed_trial")
+        attrs: dict[str, Any] = dict(run_context())
+        if origin is not None:
+            attrs["retry_of"] = origin  # same parameters, same checkpoint folder
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return origin
 
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
                 error: str | None) -> optuna.trial.FrozenTrial:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hyper_opt.config import HyperConfig
+from hyper_opt.storage import with_db_retry
 from hyper_opt.study import Opened, best_summary, counts, n_finished
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
         progress.close()
         for _, log in procs:
             log.close()
-    _fail_orphans(opened, [p.pid for p, _ in procs])
+    with_db_retry(lambda: _fail_orphans(opened, [p.pid for p, _ in procs]),
+                  seconds=config.optuna.db_retry_seconds, what="checking for trials left RUNNING")
     bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
     for i, rc in bad:
         if not interrupted:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -142,13 +143,18 @@ def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
     spec = _spec(config)
     params = sbatch_parameters(config)
     folder = folder or spec.folder or (config.save_path / "slurm")
-    executor = submitit.SlurmExecutor(folder=str(folder), python=spec.python, max_num_timeout=30)
+    # The job process replaces the batch shell (exec), so that Slurm's warning signal, sent to the
+    # batch shell ("B:"), reaches submitit's handler, which checkpoints and requeues the job.
+    python = f"exec {spec.python or shlex.quote(sys.executable)}"
+    executor = submitit.SlurmExecutor(folder=str(folder), python=python, max_num_timeout=30)
+    limit = time_limit_seconds(str(params["time"]))
+    delay = spec.signal_delay_s if limit is None else min(spec.signal_delay_s, max(limit // 3, 1))
     executor.update_parameters(
         setup=setup_lines(spec),
-        signal_delay_s=spec.signal_delay_s,
         use_srun=False,  # one job process; it starts the workers itself, one per GPU slot
         stderr_to_stdout=False,
-        additional_parameters={k.replace("-", "_"): v for k, v in params.items()},
+        additional_parameters={**{k.replace("-", "_"): v for k, v in params.items()},
+                               "signal": f"B:USR2@{delay}"},
     )
     return executor
 
@@ -215,9 +221,28 @@ class JobMain:
                 proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if not self._study_needs_more():
+            print("hyper_opt job: the study is complete; not requeueing", flush=True)
+            return None
         fresh = JobMain(self.hyper_path, self.model_path, self.overrides, job_index=self.job_index,
                         gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker)
+        print("hyper_opt job: requeueing to continue the study", flush=True)
         return submitit.helpers.DelayedSubmission(fresh)
+
+    def _study_needs_more(self) -> bool:
+        from hyper_opt.config import load_config
+        from hyper_opt.study import counts, n_finished, open_study
+
+        try:
+            config, _ = load_config(self.hyper_path, self.model_path, overrides=self.overrides)
+            opened = open_study(config, create=False)
+            try:
+                return n_finished(counts(opened)) < config.optuna.n_trials
+            finally:
+                opened.lock.close()
+        except Exception as err:  # when in doubt, requeue: a surplus job stops at once
+            print(f"hyper_opt job: cannot read the study ({err}); requeueing", flush=True)
+            return True
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:

@@ -12,7 +12,7 @@
 #SBATCH --ntasks=8
 #SBATCH --open-mode=append
 #SBATCH --output=<SEARCH>/hyper_opt.out
-#SBATCH --signal=USR2@120
+#SBATCH --signal=B:USR2@120
 #SBATCH --time=12:00:00
 #SBATCH --wckey=submitit
 
@@ -23,4 +23,4 @@ echo kernel-line
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-<PYTHON> -u -m submitit.core._submit <SEARCH>/results/slurm
+exec <PYTHON> -u -m submitit.core._submit <SEARCH>/results/slurm
