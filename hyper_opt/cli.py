@@ -113,7 +113,7 @@ def load_from_args(args: argparse.Namespace, *, strict: bool = False):  # type: 
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from hyper_opt.config import missing_model_paths
+    from hyper_opt.config import check_objective_config, missing_model_paths
     from hyper_opt.results import write_trials_csv
     from hyper_opt.storage import describe, with_db_retry
     from hyper_opt.study import best_summary, counts, n_finished, open_study
@@ -123,6 +123,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.workers is not None:
         args.overrides.append(f"local:workers={args.workers}")
     config, model = load_from_args(args, strict=args.strict)
+    check_objective_config(config, model)
     _setup_logging(config.log_level, debug=args.debug, log_file=config.log_file)
     missing = missing_model_paths(config, model or {})
     if missing:

@@ -765,6 +765,11 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if model is not None and parameters:
         _check_model_paths(chk, parameters, model, strict=strict, model_path=model_path)
 
+    reload = chk.boolean(opt.get("reload"), "optuna:reload", default=False)
+    gpu = chk.boolean(opt.get("gpu"), "optuna:gpu", default=False)
+    max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=2)
+    max_failures = chk.integer(opt.get("max_consecutive_failures"), "optuna:max_consecutive_failures",
+                               minimum=1, default=10)
     if chk.problems:
         raise ConfigError(chk.problems, source=str(hyper_path))
 
@@ -776,21 +781,18 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         metrics=metrics,
         directions=directions,
         n_trials=n_trials,
-        reload=chk.boolean(opt.get("reload"), "optuna:reload", default=False),
-        gpu=chk.boolean(opt.get("gpu"), "optuna:gpu", default=False),
+        reload=reload,
+        gpu=gpu,
         sampler=sampler,
         pruner=pruner,
         parameters=parameters,
         enqueue=tuple(dict(e) for e in enqueue),
         heartbeat_interval=heartbeat,
         grace_period=grace,
-        max_retry=chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=2),
-        max_consecutive_failures=chk.integer(opt.get("max_consecutive_failures"),
-                                             "optuna:max_consecutive_failures", minimum=1, default=10),
+        max_retry=max_retry,
+        max_consecutive_failures=max_failures,
         db_retry_seconds=float(db_retry),
     )
-    if chk.problems:  # reload/gpu/max_retry checks above
-        raise ConfigError(chk.problems, source=str(hyper_path))
     config = HyperConfig(
         hyper_path=hyper_path,
         model_path=Path(model_path) if model_path is not None else None,
@@ -826,3 +828,28 @@ def missing_model_paths(config: HyperConfig, model: Mapping[str, Any]) -> list[s
     from hyper_opt.space import has_path
 
     return [p.key for p in config.optuna.parameters if not has_path(model, p.path)]
+
+
+def check_objective_config(config: HyperConfig, model: Mapping[str, Any] | None) -> None:
+    """Let the objective class check the model config before any trial runs.
+
+    An objective class may define ``validate_config(model_config) -> list[str]`` (a classmethod or
+    staticmethod returning problems, each naming its key path); the built-in metric-learning
+    objective does. Problems are raised as one ConfigError naming the model file.
+    """
+    from hyper_opt.exceptions import ObjectiveError
+    from hyper_opt.objective import load_module
+
+    if model is None:
+        return
+    try:
+        module = load_module(config.optuna.objective)
+    except ObjectiveError as err:
+        raise ConfigError([f"optuna:objective: {err}"], source=str(config.hyper_path)) from None
+    cls = getattr(module, config.optuna.objective.class_name, None)
+    validate = getattr(cls, "validate_config", None)
+    if validate is None:
+        return
+    problems = list(validate(model) or [])
+    if problems:
+        raise ConfigError(problems, source=str(config.model_path or "the model config"))
