@@ -52,9 +52,18 @@ pid_of() {
     pid=$(tr -dc 0-9 <"$pidfile")
     [ -n "$pid" ] || return 1
     [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "$name" ] || return 1
+    alive "$pid" || return 1
     echo "$pid"
 }
 running() { pid_of "$1" "$2" >/dev/null; }
+
+# alive PID: the process exists and is not a zombie (daemons are reaped by init, maybe late)
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
+}
 
 # stop_pid NAME PIDFILE: SIGTERM the process from PIDFILE, wait, SIGKILL after 20 s
 stop_pid() {
@@ -63,10 +72,10 @@ stop_pid() {
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 200; i++)); do
-        [ -d "/proc/$pid" ] || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if [ -d "/proc/$pid" ]; then
+    if alive "$pid"; then
         log "$name did not stop in 20 s; killing it"
         kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -112,11 +121,12 @@ install_file() {
 }
 
 pg_bin() {
-    local d
-    for d in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-        [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+    local d found=""
+    if [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then echo /usr/lib/postgresql/15/bin; return 0; fi
+    for d in /usr/lib/postgresql/*/bin; do # another version: take the last one found
+        if [ -x "$d/pg_ctl" ]; then found=$d; fi
     done
-    return 1
+    [ -n "$found" ] && echo "$found"
 }
 
 # clean_exec CMD...: run CMD from / with every file descriptor above 2 closed, so that daemons
@@ -212,6 +222,7 @@ start_munge() {
 
 # ----------------------------------------------------------------------------- mariadb
 MYSQL_PID=$MYSQL_RUN/mysqld.pid
+# shellcheck disable=SC2120
 mysql_root() { mariadb --no-defaults --protocol=socket --socket="$MYSQL_SOCKET" -uroot "$@"; }
 start_mariadb() {
     if running mariadbd "$MYSQL_PID"; then return 0; fi
@@ -240,6 +251,7 @@ start_mariadb() {
         (umask 077 && head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 >"$passfile")
     fi
     pass=$(cat "$passfile")
+    # shellcheck disable=SC2119
     mysql_root <<SQL
 CREATE DATABASE IF NOT EXISTS $ACCT_DB;
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
@@ -532,9 +544,10 @@ cmd_down() {
         local ids
         ids=$(squeue -h -o '%A' 2>/dev/null || true)
         if [ -n "$ids" ]; then
-            log "cancelling jobs: $(echo $ids)"
+            log "cancelling jobs: ${ids//$'\n'/ }"
             # shellcheck disable=SC2086
             scancel $ids 2>/dev/null || true
+            # shellcheck disable=SC2016
             wait_for 30 "jobs to end" bash -c '[ -z "$(squeue -h -t running,completing -o %A)" ]' || true
         fi
     fi
