@@ -124,7 +124,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         args.overrides.append(f"local:workers={args.workers}")
     config, model = load_from_args(args, strict=args.strict)
     check_objective_config(config, model)
-    _setup_logging(config.log_level, debug=args.debug, log_file=config.log_file)
+    _setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
     missing = missing_model_paths(config, model or {})
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",

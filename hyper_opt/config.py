@@ -241,14 +241,9 @@ def apply_overrides(hyper: dict[str, Any], model: dict[str, Any] | None,
             problems.append(f"--set {text!r}: nothing after the '{target}:' prefix")
             continue
         if target == "hyper":
-            node = hyper
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    problems.append(f"--set {text!r}: {part!r} is not a mapping")
-                    break
-            else:
-                node[path[-1]] = value
+            problem = _set_hyper(hyper, path, value)
+            if problem:
+                problems.append(f"--set {text!r}: {problem}")
             continue
         if model is None:
             problems.append(f"--set {text!r}: no model config was given to override")
@@ -262,6 +257,27 @@ def apply_overrides(hyper: dict[str, Any], model: dict[str, Any] | None,
             continue
         set_path(model, path, value)
     return problems
+
+
+def _set_hyper(hyper: dict[str, Any], path: tuple[str, ...], value: Any) -> str | None:
+    """Set a path of the hyperparameter file, creating mappings as needed. Parameter keys hold
+    colons themselves (``optimizer:learning_rate``): at each level the longest run of parts that
+    names an existing key is taken as one key."""
+    node = hyper
+    i = 0
+    while i < len(path) - 1:
+        for j in range(len(path) - 1, i, -1):
+            joined = ":".join(path[i:j])
+            if j - i > 1 and joined in node:
+                break
+        else:
+            j, joined = i + 1, path[i]
+        child = node.setdefault(joined, {})
+        if not isinstance(child, dict):
+            return f"{joined!r} is not a mapping"
+        node, i = child, j
+    node[path[-1]] = value
+    return None
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -690,6 +706,8 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
             log_level = level
     elif log is not None and _as_bool(log) is None:
         chk.add("log", f"must be true/false or a mapping with save_path, got {log!r}")
+    elif _as_bool(log):  # echo-opt: log: true keeps a log.txt in save_path
+        log_file = save_path / "log.txt"
 
     study_name = opt.get("study_name")
     if study_name is None:

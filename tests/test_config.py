@@ -145,6 +145,7 @@ def test_echo_format_loads_unchanged(tmp_path: Path) -> None:
     assert config.slurm is not None and config.slurm.workers_per_job == 2
     assert config.slurm.bash == ("source ~/.bashrc", "conda activate echo")
     assert config.pbs is not None and config.pbs.jobs == 1
+    assert config.log_file == config.save_path / "log.txt", "echo-opt's log: True keeps log.txt"
 
 
 def test_echo_journal_and_url_storages(tmp_path: Path) -> None:
@@ -277,6 +278,9 @@ def test_overrides_reach_either_file_and_never_silently_miss(tmp_path: Path) -> 
         load_config(hyper, model, overrides=["optimizer:lr=0.5"])
     with pytest.raises(ConfigError, match="expected KEY:PATH=VALUE"):
         load_config(hyper, model, overrides=["optuna:n_trials"])
+    config, _ = load_config(hyper, model, overrides=["optuna:parameters:optimizer:learning_rate:settings:low=1.0e-4"])
+    lr = next(p for p in config.optuna.parameters if p.key == "optimizer:learning_rate")
+    assert lr.settings["low"] == 1.0e-4, "a colon-keyed parameter's settings are reachable"
     assert parse_override("a:b=[1, 2]") == (("a", "b"), [1, 2])
     assert parse_override("optuna:reload=0") == (("optuna", "reload"), 0)
 

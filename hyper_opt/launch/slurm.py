@@ -340,8 +340,9 @@ def dry_run(config: HyperConfig) -> None:
     """Print the plan and the job script exactly as it would be submitted; submit nothing."""
     spec = _spec(config)
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
+    slots = (f"{spec.gpus_per_node} GPU slot(s) x {spec.tasks_per_worker} task(s)" if spec.gpus_per_node
+             else "CPU workers")
     print(f"launch     {n_jobs} Slurm job(s){' as one array' if spec.array else ''}, "
-          f"{spec.workers_per_job} worker(s) each ({max(spec.gpus_per_node, 1)} GPU slot(s) x "
-          f"{spec.tasks_per_worker} task(s)); jobs folder {spec.folder}")
+          f"{spec.workers_per_job} worker(s) each ({slots}); jobs folder {spec.folder}")
     print("job script:")
     print(sbatch_script(config))
