@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -341,6 +342,9 @@ class Worker:
                            self.worker_index, trial.number, frozen.state.name)
         frozen = with_db_retry(lambda: opened.storage.get_trial(trial_id), seconds=seconds,
                                what=f"reading trial {trial.number}")
+        if frozen.state != optuna.trial.TrialState.FAIL:  # only a retried copy would resume from them
+            origin = frozen.user_attrs.get("retry_of", frozen.number)
+            shutil.rmtree(self.config.save_path / "checkpoints" / f"trial_{origin}", ignore_errors=True)
         results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
                                 metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
         return frozen

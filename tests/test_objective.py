@@ -118,3 +118,18 @@ def test_device_is_cuda_only_with_exactly_one_visible_gpu_that_torch_sees() -> N
     except ImportError:
         pass
     assert pick_device({"CUDA_VISIBLE_DEVICES": "2"}) == expected
+
+
+def test_checkpoints_are_shared_by_a_trial_and_its_retried_copy(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    objective = BaseObjective({"a": 1})
+    objective.save_path = tmp_path
+    first = study.ask()
+    assert objective.load_checkpoint(first) is None
+    objective.save_checkpoint(first, {"epoch": 3})
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    copy = study.ask()
+    copy.set_user_attr("retry_of", first.number)  # what the worker records for a retried copy
+    assert objective.checkpoint_path(copy) == tmp_path / "checkpoints" / f"trial_{first.number}"
+    assert objective.load_checkpoint(copy) == {"epoch": 3}
+    assert not list(objective.checkpoint_path(copy).glob(".checkpoint.*")), "written atomically"

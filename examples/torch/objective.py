@@ -2,7 +2,9 @@
 
 After every epoch the validation loss goes to optuna with ``self.report(trial, value, epoch)``,
 which raises ``optuna.TrialPruned`` when the study's pruner says the trial is not worth
-finishing (it is then recorded as PRUNED). Every trial starts from the same seed, so two trials
+finishing (it is then recorded as PRUNED). Each epoch ends with ``self.save_checkpoint``; a trial
+stopped by a Slurm time limit or preemption is re-queued and resumes from ``self.load_checkpoint``
+in the requeued job. Every trial starts from the same seed, so two trials
 with the same parameters give the same result, and differences come from the parameters alone.
 """
 
@@ -81,7 +83,15 @@ class Objective(BaseObjective):
         batch_size = int(conf["trainer"]["batch_size"])
         smoothing = float(conf["trainer"].get("label_smoothing", 0.0))
         best: dict[str, float] = {}
-        for epoch in range(int(conf["trainer"]["epochs"])):
+        first_epoch = 0
+        state = self.load_checkpoint(trial)  # set when this trial was stopped by a job's end
+        if state is not None:  # resume where it stopped, not from scratch
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            best, first_epoch = state["best"], state["epoch"]
+        for epoch in range(first_epoch, int(conf["trainer"]["epochs"])):
             model.train()
             order = torch.randperm(len(x_train), generator=generator).to(device)
             total = 0.0
@@ -97,5 +107,9 @@ class Objective(BaseObjective):
             if not best or val_loss < best["val_loss"]:  # the epoch an early-stopping run would keep
                 best = {"val_loss": val_loss, "loss": total / len(order), "val_accuracy": val_accuracy,
                         "best_epoch": epoch}
+            # Before reporting: report() is where a trial stops when its job is about to end.
+            self.save_checkpoint(trial, {"epoch": epoch + 1, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                         "torch_rng": torch.get_rng_state(), "best": best})
             self.report(trial, val_loss, epoch)  # raises optuna.TrialPruned when the pruner says so
         return best
