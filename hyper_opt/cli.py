@@ -22,7 +22,7 @@ logger = logging.getLogger("hyper_opt")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _setup_logging(level: str = "INFO", *, debug: bool = False, log_file: Path | None = None) -> None:
+def setup_logging(level: str = "INFO", *, debug: bool = False, log_file: Path | None = None) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -124,7 +124,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         args.overrides.append(f"local:workers={args.workers}")
     config, model = load_from_args(args, strict=args.strict)
     check_objective_config(config, model)
-    _setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
+    setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
     missing = missing_model_paths(config, model or {})
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hyper_opt.worker import Stop, Worker
 
     config, model = load_from_args(args)
-    _setup_logging(config.log_level, debug=args.debug)
+    setup_logging(config.log_level, debug=args.debug)
     deadline = args.deadline
     if deadline is None:
         from hyper_opt.launch.slurm_env import job_deadline
@@ -209,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hyper_opt.status import print_status
 
     config, _ = load_from_args(args)
-    _setup_logging("WARNING", debug=args.debug)
+    setup_logging("WARNING", debug=args.debug)
     while True:
         print_status(config)
         if not args.watch:

@@ -64,6 +64,7 @@ class BaseObjective:
         self.metric = values["metric"]
         self.device = values["device"]
         self.save_path: Path | None = None
+        self.model_path: Path | None = None  # the model config file; set by instantiate()
         self._parameters: Sequence[ParameterSpec] = ()
         self._custom_updates: CustomUpdates | None = None
         self._stop_event: Any = None  # set by the worker: a threading.Event, set when the job ends
@@ -103,15 +104,12 @@ class BaseObjective:
     def save_checkpoint(self, trial: optuna.Trial, state: Any) -> Path:
         """Save ``state`` (anything picklable; torch tensors too) atomically for this trial."""
         import pickle
-        import tempfile
+
+        from hyper_opt.results import atomic_open
 
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             pickle.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
 
     def load_checkpoint(self, trial: optuna.Trial) -> Any | None:
@@ -266,6 +264,7 @@ def instantiate(config: HyperConfig, model: Mapping[str, Any], *, study: Any, de
     objective.bind(parameters=config.optuna.parameters,
                    custom_updates=getattr(module, "custom_updates", None),
                    device=device, study=study, save_path=config.save_path)
+    objective.model_path = config.model_path  # relative paths in the model config resolve against its folder
     return objective
 
 

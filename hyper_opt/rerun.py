@@ -7,6 +7,11 @@ study gains no trial, ``report`` is a no-op and nothing is pruned. ``--set`` ove
 usual, e.g. ``--set train:epochs=100`` to train the winner longer. The dict ``train`` returned is
 printed as one line of JSON on stdout; how it compares with what the study recorded goes to
 stderr.
+
+The objective's ``save_path`` (where it writes models, and where ``save_checkpoint`` and
+``load_checkpoint`` keep checkpoints) is a new folder, ``<save_path>/rerun/trial_<N>`` (``_2``,
+``_3``, ... when that exists): a rerun never overwrites the study's own files and never resumes
+from the recorded trial's checkpoint. ``--save-path DIR`` chooses the folder.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt.cli import add_common_arguments
@@ -54,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "single-objective study)")
     parser.add_argument("--device", help="the device given to the objective (default: as a worker picks it, "
                                          "cuda:0 with exactly one visible GPU, else cpu)")
+    parser.add_argument("--save-path", type=Path, metavar="DIR",
+                        help="the objective's save_path for this run (default: a new save_path/rerun/trial_N); "
+                             "a checkpoint already there is resumed by load_checkpoint")
     parser.add_argument("--pdb", action="store_true", help="open the debugger where train() raised")
 
 
@@ -62,6 +71,7 @@ class Rerun:
     """One run of the objective with a recorded trial's parameters."""
 
     trial: optuna.trial.FrozenTrial  # the trial as the study recorded it
+    save_path: Path  # the objective's save_path in this run
     values: list[float] = field(default_factory=list)  # the objective value(s) of this run
     metrics: dict[str, Any] = field(default_factory=dict)  # everything train() returned (JSON-able)
 
@@ -96,11 +106,23 @@ def find_trial(config: HyperConfig, trials: Sequence[optuna.trial.FrozenTrial], 
     return trial
 
 
-def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, device: str | None = None) -> Rerun:
+def fresh_folder(base: Path, name: str) -> Path:
+    """``base/name``, or ``base/name_2``, ``_3``, ... : the first that does not exist yet."""
+    path, k = base / name, 1
+    while path.exists():
+        k += 1
+        path = base / f"{name}_{k}"
+    return path
+
+
+def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, device: str | None = None,
+          save_path: Path | None = None) -> Rerun:
     """Run the objective once with the parameters of ``trial`` (a number or ``"best"``).
 
     The study is only read; exceptions from ``train`` propagate to the caller.
     """
+    import dataclasses
+
     import optuna
 
     from hyper_opt.objective import instantiate, pick_device
@@ -115,13 +137,20 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
     recorded = find_trial(config, trials, trial, directions)
     if device is None:
         device = pick_device() if config.optuna.gpu or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
-    objective = instantiate(config, model, study=opened.study, device=device)
+    if save_path is None:
+        save_path = fresh_folder(config.save_path / "rerun", f"trial_{recorded.number}")
+    save_path = save_path.expanduser().resolve()
+    save_path.mkdir(parents=True, exist_ok=True)
+    # Only the objective's save_path changes: the storage path was resolved when the config loaded.
+    objective = instantiate(dataclasses.replace(config, save_path=save_path), model, study=opened.study,
+                            device=device)
     fixed = optuna.trial.FixedTrial(dict(recorded.params), number=recorded.number)
-    logger.info("rerunning trial %d (%s) on %s with %s", recorded.number, recorded.state.name, device,
-                recorded.params)
-    result = objective(fixed)
+    logger.info("rerunning trial %d (%s) on %s with %s; its files go to %s", recorded.number,
+                recorded.state.name, device, recorded.params, save_path)
+    result = objective(fixed)  # type: ignore[arg-type]  # FixedTrial is optuna's stand-in for a Trial
     values = [float(v) for v in (result if isinstance(result, Sequence) else [result])]
-    return Rerun(trial=recorded, values=values, metrics=dict(fixed.user_attrs.get("metrics") or {}))
+    return Rerun(trial=recorded, save_path=save_path, values=values,
+                 metrics=dict(fixed.user_attrs.get("metrics") or {}))
 
 
 def comparison(config: HyperConfig, result: Rerun) -> str:
@@ -147,13 +176,13 @@ def comparison(config: HyperConfig, result: Rerun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import _setup_logging, load_from_args
+    from hyper_opt.cli import setup_logging, load_from_args
     from hyper_opt.exceptions import HyperOptError
 
     config, model = load_from_args(args)
-    _setup_logging(config.log_level, debug=args.debug)
+    setup_logging(config.log_level, debug=args.debug)
     try:
-        result = rerun(config, model or {}, trial=args.trial, device=args.device)
+        result = rerun(config, model or {}, trial=args.trial, device=args.device, save_path=args.save_path)
     except (HyperOptError, KeyboardInterrupt):
         raise
     except Exception as err:
@@ -165,6 +194,6 @@ def run(args: argparse.Namespace) -> int:
 
             pdb.post_mortem(err.__traceback__)
         return EXIT_FAILED
-    print(comparison(config, result), file=sys.stderr)
+    print(f"{comparison(config, result)}\nthe objective's files: {result.save_path}", file=sys.stderr)
     print(json.dumps(result.metrics, default=str))
     return EXIT_OK
