@@ -868,6 +868,12 @@ def check_objective_config(config: HyperConfig, model: Mapping[str, Any] | None)
     validate = getattr(cls, "validate_config", None)
     if validate is None:
         return
-    problems = list(validate(model) or [])
+    accepted = inspect.signature(validate).parameters
+    extra: dict[str, Any] = {"parameters": config.optuna.parameters,
+                             "base_dir": config.model_path.parent if config.model_path else None,
+                             "metric": config.optuna.metrics[0] if len(config.optuna.metrics) == 1
+                             else list(config.optuna.metrics)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    problems = list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])
     if problems:
         raise ConfigError(problems, source=str(config.model_path or "the model config"))

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import setup_logging, load_from_args
+    from hyper_opt.cli import load_from_args, setup_logging
 
     config, model = load_from_args(args)
     setup_logging("WARNING", debug=args.debug)
