@@ -121,7 +121,9 @@ def test_gpu_jobs_share_the_study_and_reach_exactly_n_trials(tmp_path: Path, pg_
 
 def test_job_leaves_before_its_time_limit_with_no_running_trial(tmp_path: Path, pg_url: str,
                                                                 slurm_cluster: str) -> None:
-    slurm = {"jobs": 1, "signal_delay_s": 1, "batch": {"t": "1", "J": "hoptest-walltime", "mem": "500M"}}
+    # 2 minutes, 16-s trials: workers stop starting trials 61 s before the limit (signal delay 1 s
+    # plus the minute by which Slurm may send its warning early), so the job leaves after ~3 trials.
+    slurm = {"jobs": 1, "signal_delay_s": 1, "batch": {"t": "2", "J": "hoptest-walltime", "mem": "500M"}}
     s = _search(tmp_path, pg_url, slurm=slurm, n_trials=50, sleep=4.0, steps=4)
     proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
     ids = _job_ids(proc.stdout)

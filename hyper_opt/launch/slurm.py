@@ -131,6 +131,21 @@ def _spec(config: HyperConfig) -> SchedulerSpec:
     return config.slurm
 
 
+SIGNAL_SLACK_S = 60  # Slurm may send the warning signal up to a minute early
+
+
+def signal_delay(config: HyperConfig) -> int:
+    """Seconds before the time limit at which Slurm warns the job (at most a third of the limit)."""
+    spec = _spec(config)
+    limit = time_limit_seconds(str(sbatch_parameters(config)["time"]))
+    return spec.signal_delay_s if limit is None else min(spec.signal_delay_s, max(limit // 3, 1))
+
+
+def stop_margin_s(config: HyperConfig) -> int:
+    """Workers start no trial that would not end before Slurm's warning signal can arrive."""
+    return signal_delay(config) + SIGNAL_SLACK_S
+
+
 def setup_lines(spec: SchedulerSpec) -> list[str]:
     """Shell lines run before the worker: ``slurm.bash``, then ``slurm.kernel``."""
     return [*spec.bash, *([spec.kernel] if spec.kernel else [])]
@@ -147,8 +162,7 @@ def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
     # batch shell ("B:"), reaches submitit's handler, which checkpoints and requeues the job.
     python = f"exec {spec.python or shlex.quote(sys.executable)}"
     executor = submitit.SlurmExecutor(folder=str(folder), python=python, max_num_timeout=30)
-    limit = time_limit_seconds(str(params["time"]))
-    delay = spec.signal_delay_s if limit is None else min(spec.signal_delay_s, max(limit // 3, 1))
+    delay = signal_delay(config)
     executor.update_parameters(
         setup=setup_lines(spec),
         use_srun=False,  # one job process; it starts the workers itself, one per GPU slot
@@ -169,13 +183,14 @@ class JobMain:
     """What each Slurm job runs: its worker processes, one per GPU slot, until they stop."""
 
     def __init__(self, hyper_path: str, model_path: str | None, overrides: Sequence[str], *,
-                 job_index: int, gpus_per_node: int, tasks_per_worker: int) -> None:
+                 job_index: int, gpus_per_node: int, tasks_per_worker: int, stop_margin_s: int = 0) -> None:
         self.hyper_path = hyper_path
         self.model_path = model_path
         self.overrides = list(overrides)
         self.job_index = job_index
         self.gpus_per_node = gpus_per_node
         self.tasks_per_worker = tasks_per_worker
+        self.stop_margin_s = stop_margin_s  # stop starting trials this long before the time limit
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def plan(self, env: Mapping[str, str]) -> list[str]:
@@ -191,6 +206,10 @@ class JobMain:
         plan = self.plan(os.environ)
         n = len(plan)
         base = self.job_index * n
+        from hyper_opt.launch.slurm_env import job_deadline
+
+        end = job_deadline()
+        deadline = ["--deadline", f"{end - self.stop_margin_s:.0f}"] if end else []
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: {n} worker(s), GPUs {plan}", flush=True)
         for i, gpu in enumerate(plan):
             env = dict(os.environ)
@@ -198,7 +217,7 @@ class JobMain:
             cmd = [sys.executable, "-m", "hyper_opt.run", self.hyper_path]
             if self.model_path:
                 cmd.append(self.model_path)
-            cmd += ["--worker-index", str(base + i)]
+            cmd += ["--worker-index", str(base + i), *deadline]
             for override in self.overrides:
                 cmd += ["--set", override]
             self._procs.append(subprocess.Popen(cmd, env=env))
@@ -225,7 +244,8 @@ class JobMain:
             print("hyper_opt job: the study is complete; not requeueing", flush=True)
             return None
         fresh = JobMain(self.hyper_path, self.model_path, self.overrides, job_index=self.job_index,
-                        gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker)
+                        gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker,
+                        stop_margin_s=self.stop_margin_s)
         print("hyper_opt job: requeueing to continue the study", flush=True)
         return submitit.helpers.DelayedSubmission(fresh)
 
@@ -271,7 +291,8 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     n_jobs = _jobs_needed(config, remaining if remaining is not None else config.optuna.n_trials)
     mains = [JobMain(str(config.hyper_path), str(config.model_path) if config.model_path else None,
                      config.overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
-                     tasks_per_worker=spec.tasks_per_worker) for i in range(n_jobs)]
+                     tasks_per_worker=spec.tasks_per_worker, stop_margin_s=stop_margin_s(config))
+             for i in range(n_jobs)]
     try:
         if spec.array:
             with executor.batch():
