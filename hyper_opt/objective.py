@@ -195,22 +195,28 @@ def load_module(spec: ObjectiveSpec) -> Any:
         except Exception as err:
             raise ObjectiveError(f"importing objective module {spec.module!r} failed: {err}") from err
     assert spec.file is not None
-    folder = str(spec.file.parent)
+    return import_file(spec.file, what="objective file")
+
+
+def import_file(path: Path, *, what: str) -> Any:
+    """Import a user's Python file once per process (its folder goes on sys.path, so that it can
+    import its sibling modules); errors become ObjectiveError naming ``what`` and the file."""
+    folder = str(path.parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)  # objective files import their sibling modules
-    name = f"hyper_opt_user_objective_{abs(hash(str(spec.file)))}"
+        sys.path.insert(0, folder)
+    name = f"hyper_opt_user_{abs(hash(str(path)))}"
     if name in sys.modules:
         return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, spec.file)
+    module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ObjectiveError(f"cannot load objective file {spec.file}")
+        raise ObjectiveError(f"cannot load {what} {path}")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[name]
-        raise ObjectiveError(f"importing objective file {spec.file} failed: {type(err).__name__}: {err}") from err
+        raise ObjectiveError(f"importing {what} {path} failed: {type(err).__name__}: {err}") from err
     return module
 
 

@@ -21,14 +21,13 @@ trainer is the model YAML's ``trainer`` (default MetricLossOnly) and ``max_epoch
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from hyper_opt.exceptions import ObjectiveError
+from hyper_opt.objective import import_file
 
 TRAINER_KEYS = ("models", "optimizers", "loss_funcs", "mining_funcs", "loss_weights", "lr_schedulers")
 
@@ -38,21 +37,7 @@ def load_model_def(path: Path) -> ModuleType:
     path = Path(path).resolve()
     if not path.is_file():
         raise ObjectiveError(f"model_def_fn: file not found: {path}")
-    name = f"hyper_opt_model_def_{abs(hash(str(path)))}"
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ObjectiveError(f"model_def_fn: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[name]
-        raise ObjectiveError(f"model_def_fn: importing {path} failed: {type(err).__name__}: {err}") from err
+    module = import_file(path, what="model_def_fn file")
     if not callable(getattr(module, "get", None)):
         raise ObjectiveError(f"model_def_fn: {path} defines no function get(conf, trial)")
     return module
