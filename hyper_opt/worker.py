@@ -261,6 +261,8 @@ class Worker:
                 heartbeat.__enter__()
             self._in_trial = True
             try:
+                if self._stop_requested:  # the signal came between asking and starting
+                    raise Interrupted("worker interrupted before the trial started")
                 origin = with_db_retry(lambda: self._start_bookkeeping(opened, trial, trial_id),
                                        seconds=self.config.optuna.db_retry_seconds,
                                        what=f"starting trial {trial.number}")
