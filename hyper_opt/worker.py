@@ -315,7 +315,8 @@ class Worker:
         if origin is not None:
             attrs["retry_of"] = origin  # same parameters, same checkpoint folder
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            if value != "":  # one INSERT each: skip what is not there (no Slurm job, no GPU)
+                trial.set_user_attr(key, value)
         return origin
 
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
@@ -342,8 +343,6 @@ class Worker:
             logger.warning("worker %d: trial %d was already %s when its result arrived (a stale "
                            "trial is failed by other workers after grace_period)",
                            self.worker_index, trial.number, frozen.state.name)
-        frozen = with_db_retry(lambda: opened.storage.get_trial(trial_id), seconds=seconds,
-                               what=f"reading trial {trial.number}")
         if frozen.state != optuna.trial.TrialState.FAIL:  # only a retried copy would resume from them
             origin = frozen.user_attrs.get("retry_of", frozen.number)
             shutil.rmtree(self.config.save_path / "checkpoints" / f"trial_{origin}", ignore_errors=True)
