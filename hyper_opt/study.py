@@ -133,10 +133,30 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
 
 
 def counts(opened: Opened) -> dict[str, int]:
-    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
+
+    On an RDB storage this is one ``COUNT ... GROUP BY`` on optuna's ``trials`` table instead of
+    loading every trial (5 s a trial at 10,000 trials otherwise); any other storage, or a schema
+    that does not answer, falls back to optuna's public ``get_all_trials``.
+    """
     import optuna
 
     result = {s.name: 0 for s in optuna.trial.TrialState}
+    if isinstance(opened.storage, optuna.storages.RDBStorage):
+        import sqlalchemy
+
+        try:
+            with opened.storage.engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.text(
+                    "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+                    {"sid": opened.study_id}).fetchall()
+            for state, n in rows:
+                name = getattr(state, "name", str(state))
+                if name in result:
+                    result[name] += int(n)
+            return result
+        except sqlalchemy.exc.ProgrammingError:  # another schema: count the slow, public way
+            result = {s.name: 0 for s in optuna.trial.TrialState}
     for trial in opened.storage.get_all_trials(opened.study_id, deepcopy=False):
         result[trial.state.name] += 1
     return result

@@ -37,7 +37,7 @@ from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
 from hyper_opt.storage import is_connection_error, with_db_retry
-from hyper_opt.study import Opened, ask, fail_stale_trials, open_study
+from hyper_opt.study import Opened, ask, counts, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -232,13 +232,12 @@ class Worker:
             with opened.lock.hold():
                 if self.config.optuna.heartbeat_interval:
                     fail_stale_trials(opened.study)
-                active = opened.storage.get_all_trials(
-                    opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING))
-                finished = sum(t.state != TS.RUNNING for t in active)
+                c = counts(opened)
+                finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
                 n_trials = self.config.optuna.n_trials
                 if finished >= n_trials:
                     return Stop.BUDGET
-                if len(active) >= n_trials:
+                if finished + c[TS.RUNNING.name] >= n_trials:
                     # Only wait where a dead worker's trial can go stale and be retried.
                     return None if self.config.optuna.heartbeat_interval else Stop.BUDGET
                 return ask(opened.study)
