@@ -100,6 +100,18 @@ def machine() -> dict[str, Any]:
             "optuna": optuna.__version__, "platform": platform.platform()}
 
 
+def code_version() -> str:
+    """The commit of the hyper_opt being measured ("+ local changes" when hyper_opt/ differs from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hyper_opt"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" + local changes" if dirty else "")
+
+
 def wait_for_quiet(max_load: float, *, timeout_s: float, poll_s: float = 10.0) -> float:
     """Wait (up to ``timeout_s``) until the 1-minute load average is below ``max_load``."""
     deadline = time.monotonic() + timeout_s
@@ -367,7 +379,8 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def section_header(data: Mapping[str, Any]) -> str:
     """The line under each section's table: command, when, load."""
     load = data.get("load", {})
-    return (f"Command: `{data.get('command', '?')}`; run {data.get('date', '?')}; load average "
+    return (f"Command: `{data.get('command', '?')}`; hyper_opt at {data.get('code', '?')}; run "
+            f"{data.get('date', '?')}; load average "
             f"{load.get('before', '?')} before, {load.get('after', '?')} after "
             f"({data.get('machine', {}).get('cpus', '?')} cores).")
 

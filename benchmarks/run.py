@@ -45,11 +45,14 @@ def run_section(name: str, *, quick: bool, command: str, max_load: float | None)
     if max_load is not None:
         common.wait_for_quiet(max_load, timeout_s=600)
     before = common.load_average()
+    code = common.code_version()
     started = time.monotonic()
     print(f"== {name} ({'quick' if quick else 'full'}); load average {before[0]:.2f}", file=sys.stderr)
     data = _module(name).run(quick=quick)
     after = common.load_average()
-    data.update(command=command, mode="quick" if quick else "full",
+    if common.code_version() != code:
+        code += " (hyper_opt changed while this benchmark ran: run it again)"
+    data.update(command=command, mode="quick" if quick else "full", code=code,
                 date=dt.datetime.now().isoformat(timespec="minutes"), seconds=time.monotonic() - started,
                 load={**data.get("load", {}), "before": round(before[0], 2), "after": round(after[0], 2)},
                 machine=common.machine())
