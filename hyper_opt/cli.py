@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, model: str = "requi
         parser.add_argument("model", type=Path, help="the model config YAML the parameters patch")
     elif model == "optional":
         parser.add_argument("model", type=Path, nargs="?", help="the model config YAML (optional)")
+        # echo-opt's echo-report took the model file as -m/--model: the same file, by flag.
+        parser.add_argument("-m", "--model", dest="model_flag", type=Path, metavar="MODEL",
+                            help="the model config YAML, as echo-report's -m/--model took it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY:PATH=VALUE",
                         help="override a key of either file (value parsed as YAML), e.g. "
                              "--set optuna:n_trials=50 --set optimizer:lr=0.01; repeatable")
@@ -109,7 +113,14 @@ _MODULE_COMMANDS = (
 def load_from_args(args: argparse.Namespace, *, strict: bool = False):  # type: ignore[no-untyped-def]
     from hyper_opt.config import load_config
 
-    return load_config(args.hyper, getattr(args, "model", None), overrides=args.overrides, strict=strict)
+    model = getattr(args, "model", None)
+    flag = getattr(args, "model_flag", None)
+    if flag is not None and model is not None and Path(flag) != Path(model):
+        from hyper_opt.exceptions import ConfigError
+
+        raise ConfigError([f"two model configs given: {model} and -m {flag}; give one"], source="the command line")
+    return load_config(args.hyper, flag if flag is not None else model, overrides=args.overrides,
+                       strict=strict)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -224,12 +235,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, *, default_command: str | None = None) -> int:
     """Entry point of ``hyper-opt`` and ``python optimize.py`` (which defaults to ``optimize``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from hyper_opt.config import CWD_ENV
+
     parser = build_parser()
     commands = {"optimize", "run", "status", "cancel", "report", "test", "rerun", "-h", "--help"}
     if default_command and (not argv or argv[0] not in commands):
         argv.insert(0, default_command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    # Relative paths of the predecessors' files are read from where the search was started:
+    # the workers and jobs started from here inherit that directory through the environment.
+    set_cwd = CWD_ENV not in os.environ
+    if set_cwd:
+        os.environ[CWD_ENV] = os.getcwd()
     try:
         return func(args)
     except HyperOptError as err:
@@ -240,6 +258,9 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
     except KeyboardInterrupt:
         print(f"hyper-opt {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if set_cwd:
+            os.environ.pop(CWD_ENV, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ import importlib.util
 import inspect
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,16 @@ from hyper_opt.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
-HYPER_SECTIONS = ("log", "save_path", "slurm", "pbs", "local", "optuna")
+HYPER_SECTIONS = ("log", "save_path", "slurm", "pbs", "local", "optuna", "format")
+FORMATS = ("hyper_opt", "echo", "aimlutils")
+# Keys only hyper_opt knows: a file that uses one is read the hyper_opt way (see detect_format).
+OWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("local", "format"),
+    "log": ("level",),
+    "optuna": ("heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures", "db_retry_seconds"),
+    "slurm": ("array", "folder", "signal_delay_s", "python"),
+}
+CWD_ENV = "HYPER_OPT_CWD"  # the submitting process's working directory, for its workers and jobs
 DIRECTIONS = ("minimize", "maximize")
 STORAGE_TYPES = ("sqlite", "journal", "nfs", "url", "maria", "mysql", "postgresql")
 
@@ -136,6 +146,7 @@ class OptunaSpec:
     max_retry: int
     max_consecutive_failures: int
     db_retry_seconds: float
+    reload_explicit: bool = False  # reload was asked for (file or --reload): the study must exist
 
     @property
     def multi_objective(self) -> bool:
@@ -177,6 +188,8 @@ class HyperConfig:
     local_workers: int
     overrides: tuple[str, ...]  # the ``--set`` strings, passed on to workers unchanged
     raw: Mapping[str, Any]  # the hyperparameter YAML after overrides (for the objective)
+    format: str = "hyper_opt"  # one of FORMATS: how the file was read (see detect_format)
+    base_dir: Path | None = None  # what relative paths in the file were resolved against
 
     @property
     def trials_dir(self) -> Path:
@@ -391,10 +404,17 @@ def _check_parameters(chk: _Checker, raw: Any) -> tuple[ParameterSpec, ...]:
             chk.add(f"{path}:settings:name", f"must be a non-empty string, got {name!r}")
             continue
         if name in seen_names:
-            chk.add(f"{path}:settings:name",
-                    f"{name!r} is already the name of parameter {seen_names[name]!r}; names must be unique")
-            continue
-        seen_names[name] = key
+            first = next(p for p in specs if p.key == seen_names[name]) if any(
+                p.key == seen_names[name] for p in specs) else None
+            if first is None or first.type != ptype or dict(first.settings) != settings:
+                chk.add(f"{path}:settings:name",
+                        f"{name!r} is already the name of parameter {seen_names[name]!r}; names must be "
+                        "unique (or the two keys must have the same type and settings)")
+                continue
+            logger.warning("%s:settings:name: %r is also the name of %r, so both get the same value in "
+                           "every trial (as with aimlutils); give it its own name to search it separately",
+                           path, name, seen_names[name])
+        seen_names.setdefault(name, key)
         required, optional = PARAM_SETTINGS[ptype]
         ok = True
         for req in required:
@@ -507,7 +527,10 @@ def build_component(spec: ComponentSpec, module_name: str) -> Any:
         return classes[spec.type](**kwargs)
 
 
-def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study_name: str) -> StorageSpec:
+def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study_name: str, *,
+                   url_base: Path | None = None) -> StorageSpec:
+    """``url_base``: what a relative ``sqlite:///`` URL is read from (the working directory for
+    the predecessors' files, as SQLAlchemy reads it); None: ``save_path``."""
     storage = opt.get("storage")
     stype = opt.get("storage_type")
     if stype is not None and stype not in STORAGE_TYPES:
@@ -536,7 +559,7 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
             raw_path = storage.split(":///", 1)[1] if ":///" in storage else ""
             path = Path(raw_path)
             if raw_path and raw_path != ":memory:" and not path.is_absolute():
-                path = save_path / path
+                path = (url_base if url_base is not None else save_path) / path
             return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
         if not scheme.startswith(("postgresql", "postgres", "mysql", "mariadb")):
             chk.add("optuna:storage", f"unsupported database URL scheme {scheme!r}; use postgresql://, mysql:// or sqlite:///")
@@ -561,12 +584,13 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _resolve_objective(chk: _Checker, value: Any, base: Path) -> ObjectiveSpec | None:
-    """``file.py`` / ``file.py:Class`` (relative to the YAML's folder) or ``pkg.module:Class``.
+def _resolve_objective(chk: _Checker, value: Any, base: Path, other: Path | None = None) -> ObjectiveSpec | None:
+    """``file.py`` / ``file.py:Class`` (relative to ``base``) or ``pkg.module:Class``.
 
-    Files written for aimlutils/echo-opt name objective files relative to the directory the
-    tool was started from. When the file is not beside the YAML but is there, it is used and a
-    notice says so; from then on only the absolute path travels (jobs never see a relative one).
+    ``base`` is the YAML's folder for hyper_opt files and the working directory for the
+    predecessors' files. When the file is not there but is relative to ``other`` (the other of
+    the two), it is used and a notice says so; from then on only the absolute path travels
+    (jobs never see a relative one).
     """
     if not isinstance(value, str) or not value.strip():
         chk.add("optuna:objective", f"must be a .py file or an import path 'package.module:Class', got {value!r}")
@@ -576,12 +600,11 @@ def _resolve_objective(chk: _Checker, value: Any, base: Path) -> ObjectiveSpec |
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = _resolve(base, target)
         if not path.is_file():
-            cwd_path = Path(target).expanduser().resolve()
-            if not Path(target).is_absolute() and cwd_path.is_file():
-                logger.warning("optuna:objective %r is not in %s; using %s (relative to the working "
-                               "directory, as older tools did). Write it relative to the YAML file to "
-                               "silence this.", target, base, cwd_path)
-                path = cwd_path
+            other_path = _resolve(other if other is not None else working_directory(), target)
+            if not Path(target).expanduser().is_absolute() and other_path.is_file():
+                logger.warning("optuna:objective %r is not in %s; using %s. Write it relative to %s "
+                               "to silence this.", target, base, other_path, base)
+                path = other_path
             else:
                 chk.add("optuna:objective", f"file not found: {target!r} (looked for {path})")
                 return None
@@ -650,6 +673,40 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
     )
 
 
+# --------------------------------------------------------------------------- formats
+
+
+def detect_format(hyper: Mapping[str, Any]) -> str:
+    """Which tool's rules a hyperparameter file is read by: ``hyper_opt``, ``echo`` or ``aimlutils``.
+
+    A top-level ``format:`` says it outright. Otherwise a file that uses any key only hyper_opt
+    knows (:data:`OWN_KEYS`) is a hyper_opt file; one with echo-opt's top-level ``save_path`` (or
+    its ``study_name``/``storage``/``pbs``) is echo-opt's; one with aimlutils' ``optuna.name``,
+    ``optuna.save_path`` or ``log.save_path`` is aimlutils'. The predecessors' files keep their
+    tools' rules: relative paths are read from the working directory, and echo-opt files
+    without ``reload`` continue an existing study.
+    """
+    explicit = hyper.get("format")
+    if isinstance(explicit, str) and explicit in FORMATS:
+        return explicit
+    for section, keys in OWN_KEYS.items():
+        node = hyper if not section else hyper.get(section)
+        if isinstance(node, Mapping) and any(k in node for k in keys):
+            return "hyper_opt"
+    opt = hyper.get("optuna") if isinstance(hyper.get("optuna"), Mapping) else {}
+    if "save_path" in hyper or "pbs" in hyper or any(k in opt for k in ("study_name", "storage", "storage_type")):
+        return "echo"
+    log = hyper.get("log")
+    if "name" in opt or "save_path" in opt or (isinstance(log, Mapping) and "save_path" in log):
+        return "aimlutils"
+    return "hyper_opt"
+
+
+def working_directory() -> Path:
+    """The directory the search was started from: the submitting process's, also in its workers."""
+    return Path(os.environ.get(CWD_ENV) or os.getcwd()).resolve()
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -669,9 +726,13 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     problems = apply_overrides(hyper, model, overrides)
     if problems:
         raise ConfigError(problems, source="the command line")
-    base = hyper_path.parent
     chk = _Checker()
     chk.unknown_keys(hyper, HYPER_SECTIONS, "")
+    if "format" in hyper and hyper["format"] not in FORMATS:
+        chk.add("format", f"got {hyper['format']!r}; allowed: {', '.join(FORMATS)}")
+    file_format = detect_format(hyper)
+    # The predecessors read relative paths from the working directory; hyper_opt from the file's folder.
+    base = hyper_path.parent if file_format == "hyper_opt" else working_directory()
 
     opt = chk.mapping(hyper.get("optuna"), "optuna")
     if "optuna" not in hyper:
@@ -710,9 +771,9 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         log_file = save_path / "log.txt"
 
     study_name = opt.get("study_name")
-    if study_name is None:
+    if study_name is None:  # aimlutils named the study after its file name, verbatim ("x.db")
         name = opt.get("name")
-        study_name = Path(name).stem if isinstance(name, str) and name else "hyper_opt"
+        study_name = name if isinstance(name, str) and name else "hyper_opt"
     study_name = chk.string(study_name, "optuna:study_name", default="hyper_opt") or "hyper_opt"
 
     metrics = chk.strings(opt.get("metric", "val_loss"), "optuna:metric")
@@ -738,7 +799,8 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if "objective" not in opt:
         chk.add("optuna:objective", "missing (a .py file defining class Objective, or 'package.module:Class')")
     else:
-        objective = _resolve_objective(chk, opt["objective"], base)
+        objective = _resolve_objective(chk, opt["objective"], base,
+                                       working_directory() if base == hyper_path.parent else hyper_path.parent)
 
     parameters = _check_parameters(chk, opt.get("parameters"))
     sampler = _check_component(chk, opt.get("sampler"), "optuna:sampler", "samplers")
@@ -751,12 +813,17 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if not isinstance(enqueue, list) or not all(isinstance(e, Mapping) for e in enqueue):
         chk.add("optuna:enqueue", f"must be a list of parameter mappings, got {enqueue!r}")
         enqueue = []
+    kept_enqueue = []
     for i, params in enumerate(enqueue):
-        for pname in params:
-            if pname not in names:
-                chk.add(f"optuna:enqueue:{i}:{pname}", f"not a parameter name (names: {', '.join(sorted(names))})")
+        unknown = [p for p in params if p not in names]
+        for pname in unknown:  # echo-opt passed them to optuna, which ignored them: so do we, aloud
+            logger.warning("optuna:enqueue:%d:%s: not a parameter name (names: %s); ignored",
+                           i, pname, ", ".join(sorted(names)))
+        kept_enqueue.append({k: v for k, v in params.items() if k not in unknown})
+    enqueue = [e for e in kept_enqueue if e]
 
-    storage = _check_storage(chk, opt, save_path, study_name)
+    storage = _check_storage(chk, opt, save_path, study_name,
+                             url_base=None if file_format == "hyper_opt" else base)
     heartbeat: int | None = None
     raw_hb = opt.get("heartbeat_interval", 60)
     if storage.kind == "journal":
@@ -783,13 +850,24 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if model is not None and parameters:
         _check_model_paths(chk, parameters, model, strict=strict, model_path=model_path)
 
-    reload = chk.boolean(opt.get("reload"), "optuna:reload", default=False)
-    gpu = chk.boolean(opt.get("gpu"), "optuna:gpu", default=False)
+    reload_explicit = chk.boolean(opt.get("reload"), "optuna:reload", default=False)
+    reload = reload_explicit
+    if "reload" not in opt and file_format == "echo":
+        reload = True  # echo-opt always continued an existing study
+        logger.info("%s is in echo-opt's format without optuna:reload: an existing study %r is continued, "
+                    "as echo-opt did (set 'reload: 0' to refuse one)", hyper_path.name, study_name)
+    gpu = _gpu_flag(chk, opt.get("gpu"))
     max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=2)
     max_failures = chk.integer(opt.get("max_consecutive_failures"), "optuna:max_consecutive_failures",
                                minimum=1, default=10)
     if chk.problems:
-        raise ConfigError(chk.problems, source=str(hyper_path))
+        more = []
+        if objective is not None and model is not None:  # the model file's problems in the same round
+            model_problems = objective_problems(objective, model, parameters=parameters, model_path=model_path,
+                                                metrics=metrics)
+            if model_problems:
+                more.append(ConfigError(model_problems, source=str(model_path)))
+        raise ConfigError(chk.problems, source=str(hyper_path), more=more)
 
     assert objective is not None  # a missing objective was reported above
     spec = OptunaSpec(
@@ -810,6 +888,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         max_retry=max_retry,
         max_consecutive_failures=max_failures,
         db_retry_seconds=float(db_retry),
+        reload_explicit=reload_explicit,
     )
     config = HyperConfig(
         hyper_path=hyper_path,
@@ -823,8 +902,23 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         local_workers=local_workers,
         overrides=tuple(overrides),
         raw=copy.deepcopy(hyper),
+        format=file_format,
+        base_dir=base,
     )
     return config, model
+
+
+_FALSE_WORDS = ("", "0", "false", "no", "off", "none", "cpu")
+
+
+def _gpu_flag(chk: _Checker, value: Any) -> bool:
+    """``optuna:gpu``: true/false/1/0; a GPU model name (``v100``), as the predecessors' files
+    have, means true (with a notice)."""
+    if isinstance(value, str):
+        flag = value.strip().lower() not in _FALSE_WORDS
+        logger.warning("optuna:gpu: %r is read as %s (write true or false)", value, str(flag).lower())
+        return flag
+    return chk.boolean(value, "optuna:gpu", default=False)
 
 
 def _check_model_paths(chk: _Checker, parameters: Sequence[ParameterSpec], model: Mapping[str, Any],
@@ -861,19 +955,33 @@ def check_objective_config(config: HyperConfig, model: Mapping[str, Any] | None)
     if model is None:
         return
     try:
-        module = load_module(config.optuna.objective)
+        load_module(config.optuna.objective)
     except ObjectiveError as err:
         raise ConfigError([f"optuna:objective: {err}"], source=str(config.hyper_path)) from None
-    cls = getattr(module, config.optuna.objective.class_name, None)
-    validate = getattr(cls, "validate_config", None)
-    if validate is None:
-        return
-    accepted = inspect.signature(validate).parameters
-    extra: dict[str, Any] = {"parameters": config.optuna.parameters,
-                             "base_dir": config.model_path.parent if config.model_path else None,
-                             "metric": config.optuna.metrics[0] if len(config.optuna.metrics) == 1
-                             else list(config.optuna.metrics)}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    problems = list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])
+    problems = objective_problems(config.optuna.objective, model, parameters=config.optuna.parameters,
+                                  model_path=config.model_path, metrics=config.optuna.metrics)
     if problems:
         raise ConfigError(problems, source=str(config.model_path or "the model config"))
+
+
+def objective_problems(objective: ObjectiveSpec, model: Mapping[str, Any], *,
+                       parameters: Sequence[ParameterSpec], model_path: Path | None,
+                       metrics: Sequence[str]) -> list[str]:
+    """The objective class's ``validate_config`` problems with the model config ([] when it has
+    none, or when the objective cannot be imported: that is reported for the hyperparameter file)."""
+    from hyper_opt.exceptions import ObjectiveError
+    from hyper_opt.objective import load_module
+
+    try:
+        module = load_module(objective)
+    except ObjectiveError:
+        return []
+    validate = getattr(getattr(module, objective.class_name, None), "validate_config", None)
+    if validate is None:
+        return []
+    accepted = inspect.signature(validate).parameters
+    extra: dict[str, Any] = {"parameters": parameters,
+                             "base_dir": model_path.parent if model_path else None,
+                             "metric": metrics[0] if len(metrics) == 1 else list(metrics)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    return list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])

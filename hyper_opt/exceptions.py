@@ -20,11 +20,17 @@ class ConfigError(HyperOptError):
     allowed, so that one run shows everything that needs fixing.
     """
 
-    def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
+    def __init__(self, problems: Sequence[str], *, source: str | None = None,
+                 more: Sequence[ConfigError] = ()) -> None:
         self.problems = list(problems)
         self.source = source
-        head = f"{len(self.problems)} problem(s) in {source}:" if source else "configuration problem(s):"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+        self.more = list(more)  # problems of other files, found in the same round
+        lines: list[str] = []
+        for err in (self, *self.more):
+            head = (f"{len(err.problems)} problem(s) in {err.source}:" if err.source
+                    else "configuration problem(s):")
+            lines += [head, *(f"  - {p}" for p in err.problems)]
+        super().__init__("\n".join(lines))
 
 
 class StudyExistsError(HyperOptError):

@@ -45,6 +45,8 @@ class BaseObjective:
     (the optuna study, also with echo-opt-style constructors) and ``self.save_path``.
     """
 
+    auto_custom_updates = True  # call the objective file's module-level custom_updates(trial, conf)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = ["study", "config", "metric", "device"]
         if args and isinstance(args[0], Mapping):  # echo-opt: (config, metric, device)
@@ -128,7 +130,7 @@ class BaseObjective:
              device: str, study: Any, save_path: Path) -> None:
         """Called by the worker after construction, whatever constructor the user wrote."""
         self._parameters = tuple(parameters)
-        self._custom_updates = custom_updates
+        self._custom_updates = custom_updates if self.auto_custom_updates else None
         self.device = device
         if self.study is None:
             self.study = study
@@ -201,12 +203,16 @@ def load_module(spec: ObjectiveSpec) -> Any:
 def import_file(path: Path, *, what: str) -> Any:
     """Import a user's Python file once per process (its folder goes on sys.path, so that it can
     import its sibling modules); errors become ObjectiveError naming ``what`` and the file."""
+    from hyper_opt import compat
+
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     name = f"hyper_opt_user_{abs(hash(str(path)))}"
     if name in sys.modules:
         return sys.modules[name]
+    compat.install()  # echo.src.* / aimlutils.hyper_opt.* resolve when the predecessor is absent
+    before = set(compat.used())
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
         raise ObjectiveError(f"cannot load {what} {path}")
@@ -217,6 +223,9 @@ def import_file(path: Path, *, what: str) -> Any:
     except Exception as err:
         del sys.modules[name]
         raise ObjectiveError(f"importing {what} {path} failed: {type(err).__name__}: {err}") from err
+    aliased = [n for n in compat.used() if n not in before]
+    if aliased:
+        logger.info("%s: %s", path.name, compat.migration_hint(aliased))
     return module
 
 

@@ -84,6 +84,9 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     import optuna
 
     spec = config.optuna
+    if (check_reload and spec.reload_explicit and spec.storage.path is not None
+            and not spec.storage.path.exists()):  # before opening it creates an empty file there
+        raise StudyExistsError(_not_found_message(config, None))
     storage = with_db_retry(lambda: make_storage(spec), seconds=spec.db_retry_seconds if create else 30,
                             what="opening the study storage")
     lock = BudgetLock(spec)
@@ -109,6 +112,8 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
                     f"'optuna: reload: 1' in {config.hyper_path.name} or pass --reload; to start a new "
                     f"study, change optuna:study_name; to delete it and start over, pass --replace. "
                     f"Nothing was changed.")
+        if not exists and check_reload and spec.reload_explicit:
+            raise StudyExistsError(_not_found_message(config, storage))
         if not exists:
             if not create:
                 raise StudyExistsError(
@@ -130,6 +135,26 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
             logger.info("enqueued %d trial(s) from optuna:enqueue", len(spec.enqueue))
     study_id = storage.get_study_id_from_name(spec.study_name)
     return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+
+
+def _not_found_message(config: HyperConfig, storage: Any) -> str:
+    """reload was asked for but the study is not there: say where it was looked for."""
+    spec = config.optuna
+    where = describe(spec.storage)
+    if spec.storage.path is not None and not spec.storage.path.exists():
+        found = f"{spec.storage.path} does not exist"
+    else:
+        try:
+            names = [s.study_name for s in storage.get_all_studies()]
+        except Exception:  # noqa: BLE001 - only for the message
+            names = []
+        found = f"it holds the studies {names}" if names else "it holds no study"
+    base = (f"; relative paths in {config.hyper_path.name} are read from {config.base_dir} "
+            f"({'the working directory, as ' + config.format + ' did' if config.format != 'hyper_opt' else 'its folder'})"
+            if config.base_dir is not None else "")
+    return (f"optuna:reload is 1 but there is no study {spec.study_name!r} in {where} ({found}){base}. "
+            "Nothing was created. Run from the folder the study was started from, or fix save_path/storage "
+            "and study_name; set 'reload: 0' to start a new study.")
 
 
 def counts(opened: Opened) -> dict[str, int]:

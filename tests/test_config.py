@@ -104,6 +104,13 @@ ECHO = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def _run_from_the_files_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predecessors' files read relative paths from the working directory: run from theirs."""
+    monkeypatch.delenv("HYPER_OPT_CWD", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
 def _write(tmp_path: Path, text: str, model: dict | None = None) -> tuple[Path, Path]:
     (tmp_path / "objective.py").write_text(FAST_OBJECTIVE)
     hyper = tmp_path / "hyper.yml"
@@ -120,7 +127,8 @@ def test_legacy_format_loads_unchanged(tmp_path: Path) -> None:
     assert config.save_path == (tmp_path / "test").resolve()
     assert config.log_file == (tmp_path / "results" / "log.txt").resolve()
     assert spec.storage.kind == "sqlite" and spec.storage.path == config.save_path / "holodec_optimization.db"
-    assert spec.study_name == "holodec_optimization"
+    assert spec.study_name == "holodec_optimization.db", "aimlutils named the study after the file, verbatim"
+    assert config.format == "aimlutils"
     assert spec.reload is False and spec.gpu is True and spec.n_trials == 500
     assert spec.metrics == ("val_loss",) and spec.directions == ("minimize",)
     assert [(p.key, p.name, p.type) for p in spec.parameters] == [
@@ -138,6 +146,7 @@ def test_echo_format_loads_unchanged(tmp_path: Path) -> None:
     spec = config.optuna
     assert config.save_path == (tmp_path / "data").resolve()
     assert spec.study_name == "torch-cifar"
+    assert config.format == "echo" and spec.reload and not spec.reload_explicit, "echo-opt always continued"
     assert spec.storage.path == config.save_path / "cifar.db"
     assert spec.metrics == ("valid_accuracy", "valid_loss") and spec.multi_objective
     assert spec.enqueue == ({"learning_rate": 0.001, "dropout": 0.1},)
@@ -234,9 +243,13 @@ def test_metric_and_direction_lists_must_match(tmp_path: Path) -> None:
     assert "2 direction(s) for 3 metric(s)" in message
 
 
-def test_enqueue_names_must_be_parameters(tmp_path: Path) -> None:
-    message = _problems(tmp_path, ECHO.replace("{learning_rate: 0.001, dropout: 0.1}", "{learnig_rate: 0.001}"))
-    assert "optuna:enqueue:0:learnig_rate" in message
+def test_enqueue_keys_that_are_not_parameters_are_ignored_aloud(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    hyper, model = _write(tmp_path, ECHO.replace("{learning_rate: 0.001, dropout: 0.1}",
+                                                 "{learnig_rate: 0.001, dropout: 0.1}"))
+    config, _ = load_config(hyper, model)
+    assert config.optuna.enqueue == ({"dropout": 0.1},)
+    assert "optuna:enqueue:0:learnig_rate" in caplog.text and "ignored" in caplog.text
 
 
 def test_strict_refuses_parameters_that_are_not_model_paths(tmp_path: Path) -> None:
@@ -246,14 +259,36 @@ def test_strict_refuses_parameters_that_are_not_model_paths(tmp_path: Path) -> N
     assert "optuna:parameters:num_dense" in message and "--strict" in message
 
 
-def test_relative_paths_resolve_against_the_yaml_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    hyper, model = _write(tmp_path, LEGACY)
+def test_hyper_opt_files_resolve_relative_paths_against_their_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hyper, model = _write(tmp_path, "format: hyper_opt\n" + LEGACY)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    config, _ = load_config(hyper.name if False else hyper, model)
+    config, _ = load_config(hyper, model)
+    assert config.format == "hyper_opt"
     assert config.save_path == tmp_path / "test"
+    assert config.log_file == tmp_path / "results" / "log.txt"
     assert config.optuna.objective.file == tmp_path / "objective.py"
+
+
+def test_predecessor_files_resolve_relative_paths_against_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = tmp_path / "examples" / "torch"
+    sub.mkdir(parents=True)
+    hyper, model = _write(sub, LEGACY.replace('objective: "objective.py"', 'objective: "examples/torch/objective.py"')
+                          .replace('name: "holodec_optimization.db"', 'name: "h.db"\n  storage: "sqlite:///db/h.db"'))
+    monkeypatch.chdir(tmp_path)  # the project root, where the user ran the predecessor
+    config, _ = load_config(hyper, model)
+    assert config.format == "echo" and config.base_dir == tmp_path  # optuna:storage is echo-opt's key
+    assert config.save_path == tmp_path / "test", "not examples/torch/test"
+    assert config.log_file == tmp_path / "results" / "log.txt"
+    assert config.optuna.objective.file == sub / "objective.py"
+    assert config.optuna.storage.path == tmp_path / "db" / "h.db", "an sqlite URL is read from the cwd, not save_path"
+    # Workers and jobs read them from the directory the search started in, wherever they run.
+    monkeypatch.chdir(sub)
+    monkeypatch.setenv("HYPER_OPT_CWD", str(tmp_path))
+    assert load_config(hyper, model)[0].save_path == tmp_path / "test"
 
 
 def test_objective_relative_to_the_working_directory_is_accepted_for_old_files(

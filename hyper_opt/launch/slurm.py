@@ -114,7 +114,7 @@ def sbatch_parameters(config: HyperConfig) -> dict[str, Any]:
             problems.append(f"{path}: {text!r} is not a count")
             continue
         if name in ("output", "error") and not text.startswith("/"):
-            text = str(config.hyper_path.parent / text)
+            text = str((config.base_dir or config.hyper_path.parent) / text)
         params[name] = text
     if problems:
         raise ConfigError(problems, source=str(config.hyper_path))

@@ -1,0 +1,120 @@
+"""The predecessors' Python names, so that objective files written for them load unchanged.
+
+Objective files written for NCAR's ``aimlutils`` (``aimlutils.hyper_opt.*``) and ``echo-opt``
+(``echo.src.*``) import those packages by name. While hyper_opt loads such a file, a finder at
+the *end* of ``sys.meta_path`` answers those names with modules built from hyper_opt's own
+compatible implementations (:mod:`hyper_opt.compat.echo`, :mod:`hyper_opt.compat.aimlutils`).
+Being last, it is asked only when the real package is not importable: an installed echo-opt or
+aimlutils always wins. Nothing is installed into site-packages.
+
+Which names were answered this way is kept (:func:`used`), so that the worker can say it in one
+log line and users can move to ``from hyper_opt import ...`` when they want.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+import types
+from collections.abc import Sequence
+from typing import Any
+
+# alias module name -> (implementation module, names it exports; None: a namespace package)
+ALIASES: dict[str, tuple[str, Sequence[str]] | None] = {
+    "echo": None,
+    "echo.src": None,
+    "echo.src.base_objective": ("hyper_opt.compat.echo", (
+        "BaseObjective", "trial_suggest_loader", "recursive_config_reader", "recursive_update",
+        "defaultdict", "copy", "glob", "os", "logging", "warnings", "logger")),
+    "echo.src.trial_suggest": ("hyper_opt.compat.echo", (
+        "trial_suggest_loader", "supported_trials", "logging", "warnings", "logger")),
+    "echo.src.pruners": ("hyper_opt.compat.echo", (
+        "KerasPruningCallback", "pruners", "supported_pruners", "optuna", "logging", "warnings", "logger")),
+    "echo.src.samplers": ("hyper_opt.compat.echo", (
+        "samplers", "supported_samplers", "logging", "warnings", "logger")),
+    "echo.src.config": ("hyper_opt.compat.echo", (
+        "configure_storage", "configure_sampler", "configure_pruner", "recursive_config_reader",
+        "recursive_update", "config_check", "os", "yaml", "optuna", "logging", "warnings", "logger")),
+    "aimlutils": None,
+    "aimlutils.hyper_opt": None,
+    "aimlutils.hyper_opt.base_objective": ("hyper_opt.compat.aimlutils", (
+        "BaseObjective", "trial_suggest_loader", "recursive_update", "defaultdict", "copy", "os", "sys",
+        "random", "logging", "optuna", "warnings", "logger", "pd")),
+    "aimlutils.hyper_opt.utils": ("hyper_opt.compat.aimlutils", (
+        "trial_suggest_loader", "KerasPruningCallback", "samplers", "supported_trials",
+        "supported_samplers", "sys", "optuna", "logging", "warnings", "logger")),
+}
+TOP_LEVEL = frozenset(name.split(".")[0] for name in ALIASES)
+
+_lock = threading.Lock()
+_used: list[str] = []
+
+
+class _AliasLoader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return types.ModuleType(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        target = ALIASES[module.__name__]
+        module.__doc__ = (f"hyper_opt's stand-in for {module.__name__} (the real package is not "
+                          "installed); see docs/migrating.md")
+        module.__dict__["__hyper_opt_compat__"] = True
+        if target is None:
+            module.__path__ = []  # a package: its submodules come from this finder only
+            return
+        impl_name, names = target
+        impl = importlib.import_module(impl_name)
+        exported = [n for n in names if hasattr(impl, n)]  # e.g. "pd" only where pandas is installed
+        for name in exported:
+            setattr(module, name, getattr(impl, name))
+        module.__all__ = exported
+        with _lock:
+            if module.__name__ not in _used:
+                _used.append(module.__name__)
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    """Answers the predecessors' module names; last in ``sys.meta_path``."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in ALIASES:
+            return None
+        top = fullname.split(".")[0]
+        parent = sys.modules.get(top)
+        if fullname != top and not getattr(parent, "__hyper_opt_compat__", False):
+            return None  # the real top-level package is installed: its own submodules only
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(), is_package=ALIASES[fullname] is None)
+
+
+_FINDER = _AliasFinder()
+
+
+def install() -> None:
+    """Put the finder last on ``sys.meta_path`` (idempotent)."""
+    if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+        sys.meta_path.append(_FINDER)
+
+
+def uninstall() -> None:
+    """Remove the finder and any alias modules it created (for tests)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AliasFinder)]
+    for name in list(sys.modules):
+        if name in ALIASES and getattr(sys.modules[name], "__hyper_opt_compat__", False):
+            del sys.modules[name]
+    with _lock:
+        _used.clear()
+
+
+def used() -> list[str]:
+    """The predecessor module names answered with hyper_opt's stand-ins in this process."""
+    with _lock:
+        return [n for n in _used]
+
+
+def migration_hint(names: Sequence[str]) -> str:
+    """One line naming the stand-ins used and where to move."""
+    return (f"loaded with hyper_opt's stand-ins for {', '.join(names)} (the predecessor is not installed); "
+            "they work as they are; to migrate, import from hyper_opt instead (docs/migrating.md)")
