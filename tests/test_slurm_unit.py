@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -140,3 +141,47 @@ def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
     proc = s.cli("optimize", "hyper.yml", "model.yml", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert proc.returncode == 2
     assert "Invalid account" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _chosen_python(tmp_path: Path, config, path: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    from hyper_opt.launch.slurm import PYTHON_VAR, interpreter
+
+    lines, python = interpreter(config.slurm, fallback="/fallback/python")
+    script = tmp_path / "choose.sh"
+    script.write_text("\n".join([*lines, f"echo {python}"]) + "\n")
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                          env={"PATH": path, "HOME": str(tmp_path)}, timeout=60)
+
+
+def test_bash_lines_choose_the_jobs_python_when_it_has_hyper_opt(tmp_path: Path) -> None:
+    import subprocess
+
+    config = _config(tmp_path)
+    venv_bin = str(Path(sys.executable).parent)  # a python that imports hyper_opt and submitit
+    proc = _chosen_python(tmp_path, config, f"{venv_bin}:/usr/bin:/bin")
+    assert proc.stdout.strip() in (str(Path(venv_bin) / "python"), str(Path(venv_bin) / "python3")), proc.stderr
+    assert proc.stderr == ""
+    # A python on PATH without hyper_opt (the system one): the job says so and runs the submitting one.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    (empty / "python").symlink_to("/usr/bin/python3")
+    proc = _chosen_python(tmp_path, config, f"{empty}:/usr/bin:/bin")
+    assert proc.stdout.strip() == "/fallback/python"
+    assert "cannot import hyper_opt" in proc.stderr and str(empty / "python") in proc.stderr
+
+
+def test_without_setup_lines_the_submitting_python_runs(tmp_path: Path) -> None:
+    from hyper_opt.launch.slurm import interpreter
+
+    config = _config(tmp_path, {"batch": {"partition": "gpu"}})
+    assert interpreter(config.slurm) == ([], shlex.quote(sys.executable))
+    config = _config(tmp_path, {**SLURM, "python": "/opt/env/bin/python"})
+    assert interpreter(config.slurm) == ([], "/opt/env/bin/python")
+
+
+def test_dry_run_counts_gpu_workers_from_gres_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hyper_opt.launch.slurm import dry_run
+
+    dry_run(_config(tmp_path, {"jobs": 2, "batch": {"gres": "gpu:v100:2", "t": "01:00:00"}}))
+    out = capsys.readouterr().out
+    assert "2 worker(s) each (2 GPU slot(s) x 1 task(s))" in out and "CPU workers" not in out

@@ -151,6 +151,36 @@ def setup_lines(spec: SchedulerSpec) -> list[str]:
     return [*spec.bash, *([spec.kernel] if spec.kernel else [])]
 
 
+PYTHON_VAR = "HYPER_OPT_PYTHON"
+
+
+def interpreter(spec: SchedulerSpec, *, fallback: str | None = None) -> tuple[list[str], str]:
+    """The shell lines that choose the job's Python, and how to name it in the job's command.
+
+    ``python`` in the section names it outright. Otherwise, when ``bash``/``kernel`` lines are
+    given they set up the environment (``conda activate env``, ``module load``), as they did with
+    echo-opt: the job runs the ``python`` they put on PATH, after checking that it imports
+    hyper_opt and submitit; where it does not, the job says so in its log and runs the
+    submitting interpreter instead. Without such lines, the submitting interpreter runs.
+    """
+    fallback = fallback or sys.executable
+    if spec.python:
+        return [], spec.python
+    if not setup_lines(spec):
+        return [], shlex.quote(fallback)
+    quoted = shlex.quote(fallback)
+    lines = [
+        f'{PYTHON_VAR}="$(command -v python || command -v python3)"',
+        f'if [ -z "${PYTHON_VAR}" ] || ! "${PYTHON_VAR}" -c "import hyper_opt, submitit" >/dev/null 2>&1; then',
+        f'  echo "hyper_opt: the python set up by the bash/kernel lines (${{{PYTHON_VAR}:-none on PATH}}) cannot '
+        f'import hyper_opt and submitit; running {quoted} instead (install hyper_opt in that environment, '
+        f'or set python: in this section)" >&2',
+        f"  {PYTHON_VAR}={quoted}",
+        "fi",
+    ]
+    return lines, f'"${PYTHON_VAR}"'
+
+
 def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
     """A submitit SlurmExecutor carrying the job parameters (no submission yet)."""
     import submitit
@@ -160,11 +190,11 @@ def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
     folder = folder or spec.folder or (config.save_path / "slurm")
     # The job process replaces the batch shell (exec), so that Slurm's warning signal, sent to the
     # batch shell ("B:"), reaches submitit's handler, which checkpoints and requeues the job.
-    python = f"exec {spec.python or shlex.quote(sys.executable)}"
-    executor = submitit.SlurmExecutor(folder=str(folder), python=python, max_num_timeout=30)
+    choose, python = interpreter(spec)
+    executor = submitit.SlurmExecutor(folder=str(folder), python=f"exec {python}", max_num_timeout=30)
     delay = signal_delay(config)
     executor.update_parameters(
-        setup=setup_lines(spec),
+        setup=[*setup_lines(spec), *choose],
         use_srun=False,  # one job process; it starts the workers itself, one per GPU slot
         stderr_to_stdout=False,
         additional_parameters={**{k.replace("-", "_"): v for k, v in params.items()},
@@ -265,6 +295,18 @@ class JobMain:
             return True
 
 
+def gres_gpus(gres: str) -> int:
+    """GPUs per node asked for by an sbatch ``--gres`` value (``gpu:v100:2`` -> 2, ``gpu`` -> 1)."""
+    total = 0
+    for part in gres.split(","):
+        fields = part.strip().split(":")
+        if fields[0] != "gpu":
+            continue
+        count = fields[-1] if len(fields) > 1 else "1"
+        total += int(count) if count.isdigit() else 1
+    return total
+
+
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
     """The GPUs Slurm gave the job: CUDA_VISIBLE_DEVICES, else SLURM_JOB_GPUS; never nvidia-smi."""
     for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
@@ -361,9 +403,10 @@ def dry_run(config: HyperConfig) -> None:
     """Print the plan and the job script exactly as it would be submitted; submit nothing."""
     spec = _spec(config)
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
-    slots = (f"{spec.gpus_per_node} GPU slot(s) x {spec.tasks_per_worker} task(s)" if spec.gpus_per_node
-             else "CPU workers")
+    gpus = spec.gpus_per_node or gres_gpus(str(sbatch_parameters(config).get("gres", "")))
+    slots = f"{gpus} GPU slot(s) x {spec.tasks_per_worker} task(s)" if gpus else "CPU workers"
+    workers = max(gpus, 1) * spec.tasks_per_worker
     print(f"launch     {n_jobs} Slurm job(s){' as one array' if spec.array else ''}, "
-          f"{spec.workers_per_job} worker(s) each ({slots}); jobs folder {spec.folder}")
+          f"{workers} worker(s) each ({slots}); jobs folder {spec.folder}")
     print("job script:")
     print(sbatch_script(config))
