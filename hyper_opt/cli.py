@@ -248,6 +248,9 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
     set_cwd = CWD_ENV not in os.environ
     if set_cwd:
         os.environ[CWD_ENV] = os.getcwd()
+    set_backend = "KERAS_BACKEND" not in os.environ and _keras_needs_torch_backend()
+    if set_backend:  # Keras 3 defaults to TensorFlow; without it, run Keras files on torch
+        os.environ["KERAS_BACKEND"] = "torch"
     try:
         return func(args)
     except HyperOptError as err:
@@ -261,6 +264,15 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
     finally:
         if set_cwd:
             os.environ.pop(CWD_ENV, None)
+        if set_backend:
+            os.environ.pop("KERAS_BACKEND", None)
+
+
+def _keras_needs_torch_backend() -> bool:
+    """True when Keras would look for TensorFlow, which is not installed, while torch is."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("torch") is not None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -853,9 +853,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     reload_explicit = chk.boolean(opt.get("reload"), "optuna:reload", default=False)
     reload = reload_explicit
     if "reload" not in opt and file_format == "echo":
-        reload = True  # echo-opt always continued an existing study
-        logger.info("%s is in echo-opt's format without optuna:reload: an existing study %r is continued, "
-                    "as echo-opt did (set 'reload: 0' to refuse one)", hyper_path.name, study_name)
+        reload = True  # echo-opt always continued an existing study (said by open_study when it does)
     gpu = _gpu_flag(chk, opt.get("gpu"))
     max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=2)
     max_failures = chk.integer(opt.get("max_consecutive_failures"), "optuna:max_consecutive_failures",

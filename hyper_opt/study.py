@@ -104,6 +104,10 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
                 logger.warning("--replace: deleting study %r (%d trials)", spec.study_name, len(trials))
                 optuna.delete_study(study_name=spec.study_name, storage=storage)
                 exists = False
+            elif trials and spec.reload and not spec.reload_explicit and check_reload:
+                logger.info("%s is in echo-opt's format without optuna:reload: study %r (%d trials) is "
+                            "continued, as echo-opt did (set 'reload: 0' to refuse an existing study)",
+                            config.hyper_path.name, spec.study_name, len(trials))
             elif trials and not spec.reload:
                 finished = sum(t.state.is_finished() for t in trials)
                 raise StudyExistsError(
