@@ -136,6 +136,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     config, model = load_from_args(args, strict=args.strict)
     check_objective_config(config, model)
     setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
+    from hyper_opt import compat
+
+    if compat.used():  # the objective was imported (and checked) before logging was set up
+        logger.info("%s: %s", config.optuna.objective.describe(), compat.migration_hint(compat.used()))
     missing = missing_model_paths(config, model or {})
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",

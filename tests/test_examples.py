@@ -112,7 +112,7 @@ def test_keras_example(tmp_path: Path) -> None:
     hyper = yaml.safe_load((folder / "hyperparameters.yml").read_text())
     assert "slurm" not in hyper  # the runnable example must never submit jobs
     db = folder / hyper["optuna"]["save_path"] / hyper["optuna"]["name"]
-    trials = load_trials(f"sqlite:///{db}", Path(hyper["optuna"]["name"]).stem)
+    trials = load_trials(f"sqlite:///{db}", hyper["optuna"]["name"])  # named verbatim, as aimlutils did
     by_state = check_results(folder, trials)
     assert by_state.get("PRUNED"), f"no trial was pruned: {by_state}"
     assert (folder / "results" / "log.txt").is_file()  # log:save_path
