@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt.config import ComponentSpec, HyperConfig, build_component
 from hyper_opt.exceptions import ConfigError, StudyExistsError
-from hyper_opt.storage import BudgetLock, describe, make_storage, with_db_retry
+from hyper_opt.storage import BudgetLock, describe, is_connection_error, make_storage, with_db_retry
 
 if TYPE_CHECKING:
     import optuna
@@ -186,6 +186,56 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def fail_silent_trials(opened: Opened, *, grace_period: float) -> list[int]:
+    """Fail (and re-queue, like optuna's stale trials) RUNNING trials that never recorded a
+    heartbeat and started more than ``grace_period`` seconds ago.
+
+    optuna's stale check skips trials without a heartbeat, so a worker that died between
+    ``ask`` and its first heartbeat left a trial that nobody ever failed, and every other worker
+    waited for it for ever. Workers record the first heartbeat inside the claim, under the budget
+    lock that the caller holds, so a live worker's trial is never seen here without one. One
+    query on optuna's ``trials`` and ``trial_heartbeats`` tables; other storages have no heartbeat.
+    """
+    import datetime as dt
+
+    import optuna
+
+    storage = opened.storage
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return []
+    import sqlalchemy
+
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)
+    try:
+        with storage.engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT t.trial_id, t.number FROM trials t LEFT JOIN trial_heartbeats h "
+                "ON h.trial_id = t.trial_id WHERE t.study_id = :sid AND t.state = 'RUNNING' "
+                "AND h.trial_id IS NULL AND t.datetime_start < :cutoff"),
+                {"sid": opened.study_id, "cutoff": cutoff}).fetchall()
+    except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+        if is_connection_error(err):
+            raise
+        logger.warning("cannot look for RUNNING trials without a heartbeat: %s", str(err).splitlines()[0])
+        return []
+    failed = []
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id, number in rows:
+        try:
+            storage.set_trial_user_attr(trial_id, "error", f"RUNNING with no heartbeat for more than "
+                                        f"{grace_period:.0f} s (grace_period): its worker died as it started")
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        logger.warning("trial %d was RUNNING without a heartbeat for more than %.0f s; marked FAIL",
+                       number, grace_period)
+        failed.append(number)
+        if callback is not None:
+            callback(opened.study, storage.get_trial(trial_id))
+    return failed
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

@@ -2,9 +2,11 @@
 
 Every Slurm job and every local worker process runs this loop. Per trial:
 
-1. under the study's budget lock: fail stale trials (dead workers; their copies are re-queued),
-   count finished (COMPLETE + PRUNED) and RUNNING trials, and start a trial only when that
-   leaves the budget unexceeded. This makes the final count exact with any number of workers;
+1. under the study's budget lock: fail stale trials (dead workers, and RUNNING trials that never
+   recorded a heartbeat; their copies are re-queued), count finished (COMPLETE + PRUNED) and
+   RUNNING trials, and start a trial only when that leaves the budget unexceeded, recording its
+   first heartbeat and run context before the lock is released. This makes the final count exact
+   with any number of workers, and no RUNNING trial is ever without a heartbeat or an owner;
 2. train outside the lock, with a heartbeat thread so that a killed worker's trial goes stale;
 3. tell optuna the outcome (retrying while the database is unreachable), then write the
    trial's CSV file.
@@ -37,7 +39,7 @@ from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
 from hyper_opt.storage import is_connection_error, with_db_retry
-from hyper_opt.study import Opened, ask, counts, fail_stale_trials, open_study
+from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -61,6 +63,15 @@ class Interrupted(Exception):
 
 
 @dataclass
+class Claimed:
+    """A trial this worker started: its heartbeat and run context are already recorded."""
+
+    trial: optuna.Trial
+    trial_id: int
+    origin: int | None  # the trial it retries, for a re-queued copy
+
+
+@dataclass
 class WorkerReport:
     trials: list[int] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
@@ -68,10 +79,16 @@ class WorkerReport:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds; survives database outages."""
+    """Records the trial's heartbeat every ``interval`` seconds; survives database outages.
 
-    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+    The first beat is normally recorded by the claim itself (under the budget lock, right after
+    ``ask``), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
+    retried like every storage call. ``__exit__`` is safe whether or not the thread started."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int, *, beat_now: bool = True,
+                 retry_seconds: float = 600.0) -> None:
         self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._beat_now, self._retry_seconds = beat_now, retry_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hyper_opt-heartbeat", daemon=True)
 
@@ -83,13 +100,16 @@ class _Heartbeat:
                 logger.warning("heartbeat failed: %s", str(err).splitlines()[0] if str(err) else err)
 
     def __enter__(self) -> _Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        if self._beat_now:
+            with_db_retry(lambda: self._storage.record_heartbeat(self._trial_id),
+                          seconds=self._retry_seconds, what="recording the trial's first heartbeat")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # never started: __enter__ failed
+            self._thread.join()
 
 
 def run_context() -> dict[str, str]:
@@ -223,37 +243,48 @@ class Worker:
             if t.datetime_start and t.datetime_complete:
                 self._durations.append((t.datetime_complete - t.datetime_start).total_seconds())
 
-    def _claim(self, opened: Opened) -> optuna.Trial | Stop | None:
-        """Start a trial if the budget allows: a Trial, Stop.BUDGET, or None (wait and retry)."""
+    def _claim(self, opened: Opened) -> Claimed | Stop | None:
+        """Start a trial if the budget allows: a Claimed trial, Stop.BUDGET, or None (wait and retry).
+
+        The new trial's first heartbeat and its run context are recorded here, under the budget
+        lock, so that no other worker ever sees a RUNNING trial it cannot account for."""
         import optuna
 
-        def attempt() -> optuna.Trial | Stop | None:
+        spec = self.config.optuna
+
+        def attempt() -> Claimed | Stop | None:
             TS = optuna.trial.TrialState
             with opened.lock.hold():
-                if self.config.optuna.heartbeat_interval:
+                if spec.heartbeat_interval:
                     fail_stale_trials(opened.study)
+                    fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
                 c = counts(opened)
                 finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
-                n_trials = self.config.optuna.n_trials
-                if finished >= n_trials:
+                if finished >= spec.n_trials:
                     return Stop.BUDGET
-                if finished + c[TS.RUNNING.name] >= n_trials:
+                if finished + c[TS.RUNNING.name] >= spec.n_trials:
                     # Only wait where a dead worker's trial can go stale and be retried.
-                    return None if self.config.optuna.heartbeat_interval else Stop.BUDGET
-                return ask(opened.study)
+                    return None if spec.heartbeat_interval else Stop.BUDGET
+                trial = ask(opened.study)
+                trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+                if spec.heartbeat_interval:
+                    opened.storage.record_heartbeat(trial_id)
+                origin = self._start_bookkeeping(opened, trial, trial_id)
+                return Claimed(trial, trial_id, origin)
 
-        return with_db_retry(attempt, seconds=self.config.optuna.db_retry_seconds, what="starting a trial")
+        return with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
 
-    def _run_trial(self, opened: Opened, objective: BaseObjective, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    def _run_trial(self, opened: Opened, objective: BaseObjective, claim: Claimed) -> optuna.trial.FrozenTrial:
         import optuna
 
         TS = optuna.trial.TrialState
-        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+        trial, trial_id, origin = claim.trial, claim.trial_id, claim.origin
         started = time.time()
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
-        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval)
+        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
+                                retry_seconds=self.config.optuna.db_retry_seconds)
                      if self.config.optuna.heartbeat_interval else None)
         try:
             if heartbeat is not None:
@@ -262,9 +293,6 @@ class Worker:
             try:
                 if self._stop_requested:  # the signal came between asking and starting
                     raise Interrupted("worker interrupted before the trial started")
-                origin = with_db_retry(lambda: self._start_bookkeeping(opened, trial, trial_id),
-                                       seconds=self.config.optuna.db_retry_seconds,
-                                       what=f"starting trial {trial.number}")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
                 values = objective(trial)
