@@ -35,6 +35,11 @@ class StorageError(HyperOptError):
     """The study's storage cannot be reached or used."""
 
 
+class StorageRefusedError(StorageError):
+    """The storage refused for a reason that waiting cannot fix: authentication, a missing
+    database, permissions, a full or read-only disk. Raised at once, never retried."""
+
+
 class SubmissionError(HyperOptError):
     """Jobs could not be submitted to the scheduler."""
 
