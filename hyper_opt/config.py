@@ -551,9 +551,31 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
     return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
 
 
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL with any password (``user:pw@``, ``:pw@``, ``?password=``) replaced by ``***``,
+    for logs, messages and the config handed to user code.
+
+    A password may hold an unquoted ``@`` (``u:p@ss@host``): the user part ends at the last ``@``
+    before the query. The result is rendered by SQLAlchemy's URL when it parses."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, password = head[:at].partition(":")
+        head = (f"{user}:***" if colon else user) + "@" + head[at + 1:]
+    query = _SECRET_QUERY.sub(r"\1***", sep + query)[1:] if sep else ""
+    masked = f"{scheme}://{head}{sep}{query}"
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.make_url(masked).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    except Exception:  # not a URL SQLAlchemy knows: the masked text as it is
+        return masked
 
 
 def _resolve(base: Path, value: str) -> Path:

@@ -228,6 +228,10 @@ def objective_config(config: HyperConfig, model: Mapping[str, Any]) -> dict[str,
     if "optuna" not in conf:
         section = copy.deepcopy(dict(config.raw.get("optuna") or {}))
         section["save_path"] = str(config.save_path)
+        if isinstance(section.get("storage"), str):  # user code never sees the database password
+            from hyper_opt.config import mask_url
+
+            section["storage"] = mask_url(section["storage"])
         conf["optuna"] = section
     return conf
 

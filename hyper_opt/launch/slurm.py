@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hyper_opt import secrets
 from hyper_opt.config import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.results import atomic_write_text
@@ -254,7 +255,8 @@ class JobMain:
         from hyper_opt.study import counts, n_finished, open_study
 
         try:
-            config, _ = load_config(self.hyper_path, self.model_path, overrides=self.overrides)
+            overrides = secrets.take_from_env(self.overrides, keep=True)
+            config, _ = load_config(self.hyper_path, self.model_path, overrides=overrides)
             opened = open_study(config, create=False)
             try:
                 return n_finished(counts(opened)) < config.optuna.n_trials
@@ -289,16 +291,20 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
         raise SubmissionError("sbatch is not on PATH: run on a Slurm login node, or pass --local")
     executor = make_executor(config)
     n_jobs = _jobs_needed(config, remaining if remaining is not None else config.optuna.n_trials)
+    # A password in an override must not be pickled under save_path/slurm: sbatch passes it to
+    # the jobs in their environment (see hyper_opt.secrets).
+    overrides, secret_env = secrets.for_worker(config.overrides)
     mains = [JobMain(str(config.hyper_path), str(config.model_path) if config.model_path else None,
-                     config.overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
+                     overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
                      tasks_per_worker=spec.tasks_per_worker, stop_margin_s=stop_margin_s(config))
              for i in range(n_jobs)]
     try:
-        if spec.array:
-            with executor.batch():
+        with secrets.exported(secret_env):
+            if spec.array:
+                with executor.batch():
+                    jobs = [executor.submit(m) for m in mains]
+            else:
                 jobs = [executor.submit(m) for m in mains]
-        else:
-            jobs = [executor.submit(m) for m in mains]
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as err:
         raise SubmissionError(f"sbatch refused the job: {str(err).strip()}") from err
     ids = [str(j.job_id) for j in jobs]
