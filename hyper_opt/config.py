@@ -551,6 +551,9 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
     return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
 
 
+# A study name becomes a file name (the journal), a Slurm job name and a #SBATCH/#PBS directive:
+# no path separators, no newlines, nothing a shell or a directive parser reads specially.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
 
 
@@ -736,6 +739,11 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         name = opt.get("name")
         study_name = Path(name).stem if isinstance(name, str) and name else "hyper_opt"
     study_name = chk.string(study_name, "optuna:study_name", default="hyper_opt") or "hyper_opt"
+    if not STUDY_NAME.match(study_name):
+        chk.add("optuna:study_name" if "study_name" in opt else "optuna:name",
+                f"{study_name!r} is not a safe study name: use letters, digits and . _ + - only, starting "
+                "with a letter or digit, at most 128 characters (it names files under save_path and the "
+                "Slurm job)")
 
     metrics = chk.strings(opt.get("metric", "val_loss"), "optuna:metric")
     directions = chk.strings(opt.get("direction", "minimize"), "optuna:direction")
