@@ -84,6 +84,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     import optuna
 
     spec = config.optuna
+    claim_save_path(config, write=False)
     storage = with_db_retry(lambda: make_storage(spec), seconds=spec.db_retry_seconds if create else 30,
                             what="opening the study storage")
     lock = BudgetLock(spec)
@@ -128,8 +129,37 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
                 study.enqueue_trial(dict(params), skip_if_exists=True)
             study.set_user_attr(ENQUEUED_ATTR, True)
             logger.info("enqueued %d trial(s) from optuna:enqueue", len(spec.enqueue))
+        if create:
+            claim_save_path(config, write=True)
     study_id = storage.get_study_id_from_name(spec.study_name)
     return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+
+
+SAVE_PATH_OWNER = ".hyper_opt_study"
+
+
+def claim_save_path(config: HyperConfig, *, write: bool) -> None:
+    """One study per ``save_path``: its per-trial files (``trials/trial_N.csv``,
+    ``checkpoints/trial_N/``, ``unrecorded/``, ``logs/``) are keyed by trial number, so a second
+    study there would resume from, and then delete, the first one's checkpoints. The folder's
+    owner is recorded in ``save_path/.hyper_opt_study``; another study is refused, with how to
+    fix it. A folder from before this file existed is adopted by the first study that writes."""
+    path = config.save_path / SAVE_PATH_OWNER
+    name = config.optuna.study_name
+    try:
+        owner = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and owner != name:
+        raise StudyExistsError(
+            f"save_path {config.save_path} already holds the files of study {owner!r}; study {name!r} "
+            f"needs a save_path of its own (set save_path in {config.hyper_path.name}, e.g. "
+            f"'save_path: {config.save_path.name}_{name}'), or use optuna:study_name {owner!r} to "
+            f"continue that study. Nothing was changed.")
+    if write and not owner:
+        from hyper_opt.results import atomic_write_text
+
+        atomic_write_text(path, name + "\n")
 
 
 def counts(opened: Opened) -> dict[str, int]:
