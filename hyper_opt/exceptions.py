@@ -50,3 +50,7 @@ class ObjectiveError(HyperOptError):
 
 class MetricMissingError(HyperOptError):
     """``train`` returned results without the metric being optimised."""
+
+
+class MetricValueError(HyperOptError):
+    """``train`` returned a metric that is not a finite number (NaN, inf, a string): the trial fails."""

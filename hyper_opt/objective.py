@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import space
-from hyper_opt.exceptions import MetricMissingError, ObjectiveError
+from hyper_opt.exceptions import MetricMissingError, MetricValueError, ObjectiveError
 
 if TYPE_CHECKING:
     import optuna
@@ -159,10 +159,14 @@ class BaseObjective:
                 raise MetricMissingError(f"train() returned no {name!r} (the metric being optimised); "
                                          f"it returned: {', '.join(map(str, results)) or 'nothing'}")
             try:
-                out.append(float(results[name]))
+                number = float(results[name])
             except (TypeError, ValueError):
-                raise MetricMissingError(f"train() returned {name}={results[name]!r}, "
-                                         "which is not a number") from None
+                raise MetricValueError(f"train() returned {name}={results[name]!r:.200}, "
+                                       "which is not a number") from None
+            if not math.isfinite(number):  # optuna would fail a NaN silently; inf would rank first or last
+                raise MetricValueError(f"train() returned {name}={number}, which is not a finite number "
+                                       "(the training diverged?); the trial fails")
+            out.append(number)
         return out[0] if len(out) == 1 else out
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:

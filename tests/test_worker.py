@@ -77,3 +77,28 @@ def test_a_failed_first_heartbeat_raises_its_own_error_not_a_thread_error() -> N
         with hb:
             pass
     hb.__exit__(None, None, None)  # the worker's finally: must not raise "cannot join thread"
+
+
+RETURNS = '''
+from hyper_opt import BaseObjective
+
+class Objective(BaseObjective):
+    def train(self, trial, conf):
+        return {"val_loss": conf["value"]}
+'''
+
+
+@pytest.mark.parametrize("value, why", [(".nan", "val_loss=nan, which is not a finite number"),
+                                        (".inf", "val_loss=inf, which is not a finite number"),
+                                        ("'high'", "val_loss='high', which is not a number")])
+def test_a_metric_that_is_not_a_finite_number_fails_the_trial_and_says_why(tmp_path: Path, value: str,
+                                                                           why: str) -> None:
+    from hyper_opt.results import read_csv
+
+    s = write_search(tmp_path / "s", objective=RETURNS, optuna={"n_trials": 1})
+    s.model.write_text(f"model: {{x: 0.0}}\nvalue: {value}\n")
+    proc = _run_worker(s, "--max-trials", "1")
+    assert proc.returncode == 0, proc.stderr
+    trial = _sqlite_study(s).trials[0]
+    assert trial.state == TS.FAIL and why in trial.user_attrs["error"]
+    assert why in read_csv(s.save_path / "trials" / "trial_0.csv")[0]["error"]
