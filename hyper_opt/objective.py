@@ -97,8 +97,9 @@ class BaseObjective:
         """A folder for this trial's checkpoints; a retried copy of the trial gets the same one."""
         origin = trial.user_attrs.get("retry_of", trial.number) if hasattr(trial, "user_attrs") else trial.number
         base = self.save_path if self.save_path is not None else Path(".")
+        (base / "checkpoints").mkdir(parents=True, exist_ok=True, mode=0o700)
         path = base / "checkpoints" / f"trial_{origin}"
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True, mode=0o700)  # private: load_checkpoint unpickles what is here
         return path
 
     def save_checkpoint(self, trial: optuna.Trial, state: Any) -> Path:
@@ -109,6 +110,7 @@ class BaseObjective:
 
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
         with atomic_open(path, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
             pickle.dump(state, fh)
         return path
 
@@ -119,6 +121,7 @@ class BaseObjective:
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
         if not path.exists():
             return None
+        _check_private(path)
         with open(path, "rb") as fh:
             return pickle.load(fh)
 
@@ -176,6 +179,18 @@ class BaseObjective:
         extra = {str(k): _jsonable(v) for k, v in results.items()}
         trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None})
         return values
+
+
+def _check_private(path: Path) -> None:
+    """Unpickling runs code: refuse a checkpoint that another user could have written (the file
+    or its folders writable by group or others, or owned by someone else), as ssh does its keys."""
+    for part in (path, path.parent, path.parent.parent):
+        st = part.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise ObjectiveError(
+                f"refusing to load the checkpoint {path}: {part} is writable by other users or owned by "
+                f"another (mode {st.st_mode & 0o777:o}, uid {st.st_uid}); loading a checkpoint runs code from "
+                f"it. If it is yours, make it private: chmod -R go-w {path.parent.parent}")
 
 
 def _jsonable(value: Any) -> float | int | str | None:

@@ -58,8 +58,11 @@ class Stop(enum.Enum):
     MAX_TRIALS = "this worker's own trial limit was reached"
 
 
-class Interrupted(Exception):
-    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM)."""
+class Interrupted(BaseException):
+    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM, the job ending).
+
+    A BaseException, like KeyboardInterrupt, so that a user's ``except Exception:`` in ``train``
+    does not swallow the stop request."""
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Worker:
         self._stop_requested = False
         self.stop_requested = threading.Event()  # seen by BaseObjective.report: stop at a safe point
         self._in_trial = False
+        self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -152,12 +156,24 @@ class Worker:
             logger.warning("worker %d: %s (job ending): the trial stops at its next report",
                            self.worker_index, name)
             self.stop_requested.set()
-            signal.alarm(PREEMPT_GRACE_S)
+            pending = signal.alarm(PREEMPT_GRACE_S)
+            if self._alarm is None:
+                self._alarm = (time.monotonic(), pending)
             return
         logger.warning("worker %d: %s received; stopping after the current trial is recorded",
                        self.worker_index, name)
         if self._in_trial and (first or signum == signal.SIGALRM):
             raise Interrupted(f"worker interrupted by {name}")
+
+    def _disarm(self) -> None:
+        """Cancel the alarm the worker armed (if it did), restoring the user's pending one."""
+        if self._alarm is None or threading.current_thread() is not threading.main_thread():
+            return
+        armed_at, pending = self._alarm
+        self._alarm = None
+        signal.alarm(0)
+        if pending:
+            signal.alarm(max(1, round(pending - (time.monotonic() - armed_at))))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -298,11 +314,11 @@ class Worker:
                 values = objective(trial)
             finally:
                 self._in_trial = False
-                signal.alarm(0) if threading.current_thread() is threading.main_thread() else None
+                self._disarm()
         except optuna.TrialPruned as err:
             state = TS.PRUNED
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
-        except Exception as err:
+        except (Exception, Interrupted) as err:
             state = TS.FAIL
             error = traceback.format_exc()
             if isinstance(err, (HyperOptError, Interrupted)):
@@ -373,8 +389,13 @@ class Worker:
         if frozen.state != optuna.trial.TrialState.FAIL:  # only a retried copy would resume from them
             origin = frozen.user_attrs.get("retry_of", frozen.number)
             shutil.rmtree(self.config.save_path / "checkpoints" / f"trial_{origin}", ignore_errors=True)
-        results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
-                                metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+        try:
+            results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
+                                    metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+        except OSError as err:  # the study holds the result; trials.csv is rebuilt from it
+            logger.error("worker %d: trial %d is recorded in the study but its CSV could not be written "
+                         "(%s); 'hyper-opt report' rebuilds the table from the study", self.worker_index,
+                         trial.number, err)
         return frozen
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:

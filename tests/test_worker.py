@@ -102,3 +102,93 @@ def test_a_metric_that_is_not_a_finite_number_fails_the_trial_and_says_why(tmp_p
     trial = _sqlite_study(s).trials[0]
     assert trial.state == TS.FAIL and why in trial.user_attrs["error"]
     assert why in read_csv(s.save_path / "trials" / "trial_0.csv")[0]["error"]
+
+
+SWALLOWS = '''
+import time
+from hyper_opt import BaseObjective
+
+class Objective(BaseObjective):
+    def train(self, trial, conf):
+        try:
+            for step in range(600):
+                time.sleep(0.05)
+                self.report(trial, 1.0, step)
+        except Exception:  # a user's catch-all must not swallow the stop request
+            pass
+        return {"val_loss": 1.0}
+'''
+
+
+def test_a_users_except_exception_does_not_swallow_a_stop_request(tmp_path: Path) -> None:
+    import signal
+
+    s = write_search(tmp_path / "s", objective=SWALLOWS, optuna={"n_trials": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "hyper_opt.run", "hyper.yml", "model.yml"], cwd=s.folder,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            if [t for t in _sqlite_study(s).trials if t.state == TS.RUNNING]:
+                break
+        except Exception:  # the study is not there yet
+            continue
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)  # Slurm's warning: stop at the next report
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    trial = _sqlite_study(s).trials[0]
+    assert trial.state == TS.FAIL and "Interrupted" in trial.user_attrs["error"], out
+
+
+ALARMS = '''
+import signal
+from hyper_opt import BaseObjective
+
+class Objective(BaseObjective):
+    def train(self, trial, conf):
+        if trial.number == 0:
+            signal.alarm(1000)  # the user's own alarm
+        return {"val_loss": 1.0, "alarm_left": signal.alarm(0) if trial.number == 1 else 0}
+'''
+
+
+def test_the_users_alarm_survives_the_worker(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", objective=ALARMS, optuna={"n_trials": 2})
+    proc = _run_worker(s)
+    assert proc.returncode == 0, proc.stderr
+    assert _sqlite_study(s).trials[1].user_attrs["metrics"]["alarm_left"] >= 990
+
+
+def test_a_trial_csv_that_cannot_be_written_does_not_stop_the_worker(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2})
+    s.save_path.mkdir(parents=True)
+    (s.save_path / "trials").write_text("a file where the trials folder should be")
+    proc = _run_worker(s)
+    assert proc.returncode == 0, proc.stderr
+    assert [t.state for t in _sqlite_study(s).trials] == [TS.COMPLETE, TS.COMPLETE]
+    assert "could not be written" in proc.stderr
+
+
+def test_a_checkpoint_others_could_write_is_not_unpickled(tmp_path: Path) -> None:
+    import os
+
+    from hyper_opt import BaseObjective
+    from hyper_opt.exceptions import ObjectiveError
+
+    class T:
+        number = 3
+        user_attrs: dict = {}
+
+    obj = BaseObjective({"model": {}})
+    obj.save_path = tmp_path
+    old = os.umask(0o002)  # a group-writable umask, common on shared project folders
+    try:
+        path = obj.save_checkpoint(T(), {"epoch": 4})
+    finally:
+        os.umask(old)
+    assert obj.load_checkpoint(T()) == {"epoch": 4}
+    path.parent.chmod(0o777)
+    with pytest.raises(ObjectiveError, match="writable by other users"):
+        obj.load_checkpoint(T())
