@@ -50,6 +50,16 @@ def describe(spec: StorageSpec) -> str:
     return mask_url(spec.url or "")
 
 
+def cluster_storage_warning(spec: StorageSpec) -> str | None:
+    """A warning for a search whose jobs would share an SQLite file across nodes, or None."""
+    if spec.kind != "sqlite":
+        return None
+    return (f"the study is in the SQLite file {spec.path}, which jobs on several nodes will share over "
+            "a network file system: SQLite's locking is unreliable there (lost writes, "
+            "StorageInternalError, optuna issue #6036). Use a PostgreSQL URL in optuna:storage, or "
+            "'storage_type: journal' for a file on a shared file system.")
+
+
 def _prepare_sqlite(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
