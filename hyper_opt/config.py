@@ -534,6 +534,10 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
         scheme = storage.split("://", 1)[0]
         if scheme.startswith("sqlite"):
             raw_path = storage.split(":///", 1)[1] if ":///" in storage else ""
+            if raw_path in ("", ":memory:") or "mode=memory" in storage:
+                chk.add("optuna:storage", f"{storage!r} is an in-memory database that every worker "
+                        "would get a private copy of, and that vanishes when it exits: give a file "
+                        "(sqlite:///study.db) or a database server URL")
             path = Path(raw_path)
             if raw_path and raw_path != ":memory:" and not path.is_absolute():
                 path = save_path / path

@@ -325,3 +325,10 @@ def test_a_newline_in_the_study_name_never_reaches_the_job_script(tmp_path: Path
                      extra={"slurm": {"jobs": 1, "batch": {"t": "00:05:00"}}})
     proc = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run")
     assert proc.returncode == 2 and "not a safe study name" in proc.stderr and "#SBATCH" not in proc.stdout
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_sqlite_storage_is_refused(tmp_path: Path, url: str) -> None:
+    s = write_search(tmp_path / "s", optuna={"storage": url})
+    with pytest.raises(ConfigError, match="in-memory database"):
+        load_config(s.hyper, s.model)
