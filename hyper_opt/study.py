@@ -180,13 +180,18 @@ def counts(opened: Opened) -> dict[str, int]:
                 rows = conn.execute(sqlalchemy.text(
                     "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
                     {"sid": opened.study_id}).fetchall()
-            for state, n in rows:
-                name = getattr(state, "name", str(state))
-                if name in result:
-                    result[name] += int(n)
-            return result
-        except sqlalchemy.exc.ProgrammingError:  # another schema: count the slow, public way
-            result = {s.name: 0 for s in optuna.trial.TrialState}
+            names = [(getattr(state, "name", str(state)), int(n)) for state, n in rows]
+            if all(name in result for name, _ in names):  # an unknown state must not go uncounted
+                for name, n in names:
+                    result[name] += n
+                return result
+            logger.warning("unknown trial states %s in the trials table; counting the slow way",
+                           sorted({name for name, _ in names if name not in result}))
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if is_connection_error(err):  # an outage, not another schema: the caller retries
+                raise
+            # another schema (PostgreSQL raises ProgrammingError, SQLite OperationalError)
+        result = {s.name: 0 for s in optuna.trial.TrialState}
     for trial in opened.storage.get_all_trials(opened.study_id, deepcopy=False):
         result[trial.state.name] += 1
     return result

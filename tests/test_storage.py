@@ -96,3 +96,84 @@ def test_full_and_read_only_disks_are_refused_not_retried() -> None:
     assert len(calls) == 1
     assert diagnose(OSError(errno.EROFS, "Read-only file system"))[0] == REFUSE
     assert diagnose(ValueError("not a storage problem")) is None
+
+
+def _opened(tmp_path: Path, storage: str | None = None):  # type: ignore[no-untyped-def]
+    from hyper_opt.config import load_config
+    from hyper_opt.study import open_study
+
+    s = write_search(tmp_path / "s", optuna={"storage": storage} if storage else None)
+    config, _ = load_config(s.hyper, s.model)
+    return open_study(config, create=True)
+
+
+def _every_state(opened) -> None:  # type: ignore[no-untyped-def]
+    import optuna
+
+    study = opened.study
+    study.enqueue_trial({"x": 1.0})  # WAITING
+    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "COMPLETE"):
+        trial = study.ask()
+        if state != "RUNNING":
+            study.tell(trial, 1.0 if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+
+
+def _slow_counts(opened) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    out: dict[str, int] = {}
+    for t in opened.storage.get_all_trials(opened.study_id):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_counts_match_get_all_trials(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    from hyper_opt.study import counts
+
+    opened = _opened(tmp_path, request.getfixturevalue("pg_url") if backend == "postgres" else None)
+    try:
+        _every_state(opened)
+        fast = {k: v for k, v in counts(opened).items() if v}
+        assert fast == _slow_counts(opened) == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "RUNNING": 1}
+    finally:
+        opened.lock.close()
+
+
+class _FakeEngine:
+    """An engine whose GROUP BY answers ``rows`` or raises ``error``."""
+
+    def __init__(self, rows: list[tuple[str, int]] | None = None, error: Exception | None = None) -> None:
+        self.rows, self.error = rows, error
+
+    @contextlib.contextmanager
+    def connect(self):  # type: ignore[no-untyped-def]
+        engine = self
+
+        class Conn:
+            def execute(self, *args: object):  # type: ignore[no-untyped-def]
+                if engine.error is not None:
+                    raise engine.error
+
+                class Result:
+                    def fetchall(self) -> list[tuple[str, int]]:
+                        return engine.rows or []
+
+                return Result()
+
+        yield Conn()
+
+
+@pytest.mark.parametrize("engine", [
+    _FakeEngine(error=sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: trials"))),
+    _FakeEngine(rows=[("COMPLETE", 2), ("PAUSED", 3)]),  # a state this optuna does not know
+], ids=["sqlite-schema-error", "unknown-state"])
+def test_counts_fall_back_to_the_public_api_instead_of_crashing_or_dropping(
+        tmp_path: Path, engine: _FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyper_opt.study import counts
+
+    opened = _opened(tmp_path)
+    try:
+        _every_state(opened)
+        monkeypatch.setattr(opened.storage, "engine", engine)
+        assert {k: v for k, v in counts(opened).items() if v} == _slow_counts(opened)
+    finally:
+        opened.lock.close()
