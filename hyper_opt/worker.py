@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt import results
+from hyper_opt import failpoints, results
 from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
@@ -221,11 +221,32 @@ class Worker:
                         break
                 else:
                     consecutive_failures = 0
+            if report.stop is Stop.BUDGET:
+                self._write_missing_csvs(opened)
         finally:
             opened.lock.close()
         logger.info("worker %d: stopped: %s; ran %d trial(s) %s", self.worker_index,
                     report.stop.value if report.stop else "?", len(report.trials), report.states)
         return report
+
+    def _write_missing_csvs(self, opened: Opened) -> None:
+        """At the end of the study, write the CSV of every finished trial that has none: its
+        worker died after recording it, or its disk was full then (derived from the study)."""
+        import optuna
+
+        TS = optuna.trial.TrialState
+        try:
+            trials = with_db_retry(lambda: opened.storage.get_all_trials(
+                opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.FAIL)),
+                seconds=self.config.optuna.db_retry_seconds, what="reading the finished trials")
+            for t in trials:
+                if not results.trial_csv_path(self.config.trials_dir, t.number).exists():
+                    results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
+                                            metric_names=self._metric_names,
+                                            n_values=len(self.config.optuna.directions))
+                    logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, t.number)
+        except (OSError, HyperOptError) as err:
+            logger.warning("worker %d: could not write missing trial CSVs: %s", self.worker_index, err)
 
     def _should_stop(self, report: WorkerReport) -> Stop | None:
         if self._stop_requested:
@@ -271,6 +292,7 @@ class Worker:
         def attempt() -> Claimed | Stop | None:
             TS = optuna.trial.TrialState
             with opened.lock.hold():
+                failpoints.hit("holding_budget_lock")
                 if spec.heartbeat_interval:
                     fail_stale_trials(opened.study)
                     fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
@@ -282,7 +304,9 @@ class Worker:
                     # Only wait where a dead worker's trial can go stale and be retried.
                     return None if spec.heartbeat_interval else Stop.BUDGET
                 trial = ask(opened.study)
+                failpoints.hit("after_ask")
                 trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+                failpoints.hit("before_heartbeat")
                 if spec.heartbeat_interval:
                     opened.storage.record_heartbeat(trial_id)
                 origin = self._start_bookkeeping(opened, trial, trial_id)
@@ -311,6 +335,7 @@ class Worker:
                     raise Interrupted("worker interrupted before the trial started")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
+                failpoints.hit("in_train")
                 values = objective(trial)
             finally:
                 self._in_trial = False
@@ -370,12 +395,14 @@ class Worker:
         seconds = self.config.optuna.db_retry_seconds
 
         def tell() -> optuna.trial.FrozenTrial:
+            failpoints.hit("in_tell")
             if error is not None:
                 trial.set_user_attr("error", error[-8000:])
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)
 
+        failpoints.hit("before_tell")
         try:
             frozen = with_db_retry(tell, seconds=seconds, what=f"recording trial {trial.number}")
         except StorageError:
@@ -389,7 +416,9 @@ class Worker:
         if frozen.state != optuna.trial.TrialState.FAIL:  # only a retried copy would resume from them
             origin = frozen.user_attrs.get("retry_of", frozen.number)
             shutil.rmtree(self.config.save_path / "checkpoints" / f"trial_{origin}", ignore_errors=True)
+        failpoints.hit("after_tell_before_csv")
         try:
+            failpoints.hit("in_csv_write")
             results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
                                     metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
         except OSError as err:  # the study holds the result; trials.csv is rebuilt from it
