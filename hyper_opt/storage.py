@@ -278,13 +278,36 @@ def with_db_retry(fn: Callable[[], T], *, seconds: float, what: str) -> T:
 # --------------------------------------------------------------------------- budget lock
 
 
+LOCK_TIMEOUT_S = 600.0  # a holder that keeps the budget lock this long is hung: say so, do not wait for ever
+# The server drops a vanished holder's session (and its advisory lock) after about a minute,
+# not after the kernel's default keepalive of about two hours.
+_PG_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
+
+
+def _sqlstate(err: BaseException | None) -> str | None:
+    seen = 0
+    while err is not None and seen < 10:
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if code:
+            return str(code)
+        err = err.__cause__ or getattr(err, "orig", None)
+        seen += 1
+    return None
+
+
 class BudgetLock:
     """A cross-process lock for one study. ``acquire``/``release`` may be called from the
-    objective (to release as soon as a trial has started); ``release`` is idempotent."""
+    objective (to release as soon as a trial has started); ``release`` is idempotent.
 
-    def __init__(self, spec: OptunaSpec) -> None:
+    Re-entrant: nested holds are counted and the lock goes at the outermost release. The wait is
+    bounded (``timeout_s``: ``flock(LOCK_NB)`` polled with backoff, PostgreSQL's ``lock_timeout``,
+    ``GET_LOCK``'s timeout, whose 0/NULL result is checked), then a StorageError names the stuck
+    lock; on PostgreSQL the server drops a vanished holder's session within about a minute."""
+
+    def __init__(self, spec: OptunaSpec, *, timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self._spec = spec
-        self._held = False
+        self._depth = 0
+        self._timeout_s = timeout_s
         self._fh: Any = None
         self._conn: Any = None
         self._key = int.from_bytes(hashlib.sha256(f"hyper_opt:{spec.study_name}".encode()).digest()[:8],
@@ -292,7 +315,7 @@ class BudgetLock:
 
     @property
     def held(self) -> bool:
-        return self._held
+        return self._depth > 0
 
     def _file(self) -> Path:
         st = self._spec.storage
@@ -300,37 +323,76 @@ class BudgetLock:
         return st.path.with_name(st.path.name + ".lock")
 
     def acquire(self) -> None:
-        st = self._spec.storage
-        if st.kind in ("sqlite", "journal"):
-            if self._fh is None:
-                self._file().parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self._file(), "a+b")  # noqa: SIM115 - kept open across trials
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        if self._depth:
+            self._depth += 1
+            return
+        if self._spec.storage.kind in ("sqlite", "journal"):
+            self._file_lock()
         else:
             try:
-                self._server_lock()
-            except Exception:
+                got = self._server_lock()
+            except Exception as err:
                 self.close()  # a dead connection: the next attempt opens a new one
+                if _sqlstate(err) == "55P03":  # lock_timeout: a hung holder, not an outage
+                    raise self._stuck() from None
                 raise
-        self._held = True
+            if not got:
+                self.close()
+                raise self._stuck()
+        self._depth = 1
 
-    def _server_lock(self) -> None:
+    def _stuck(self) -> StorageError:
+        st = self._spec.storage
+        where = str(self._file()) if st.kind in ("sqlite", "journal") else f"the advisory lock {self._key}"
+        return StorageError(
+            f"the study's budget lock ({where}) stayed taken for {self._timeout_s:.0f} s: a worker holding "
+            "it is hung (it is held only while a trial is created, for milliseconds); find and stop it")
+
+    def _file_lock(self) -> None:
+        if self._fh is None:
+            self._file().parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self._file(), "a+b")  # noqa: SIM115 - kept open across trials
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() + delay > deadline:
+                    raise self._stuck() from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _server_lock(self) -> bool:
         import sqlalchemy
 
         url = self._spec.storage.url or ""
         if self._conn is None:
             engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
             self._conn = engine.connect()
+            if url.startswith("postgresql"):
+                for statement in (*_PG_KEEPALIVE, f"SET lock_timeout = {int(self._timeout_s * 1000)}"):
+                    self._conn.execute(sqlalchemy.text(statement))
+                self._conn.commit()
+        got: Any = True
         if url.startswith("postgresql"):
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
         elif url.startswith(("mysql", "mariadb")):
-            self._conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 3600)"), {"k": f"hyper_opt_{self._key}"})
+            # 1: taken; 0: the timeout passed; NULL: an error on the server.
+            got = self._conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, :t)"),
+                                     {"k": f"hyper_opt_{self._key}", "t": int(self._timeout_s)}).scalar()
+            if got is None:
+                raise StorageError(f"GET_LOCK('hyper_opt_{self._key}') failed on the MySQL server")
         self._conn.commit()
+        return bool(got)
 
     def release(self) -> None:
-        if not self._held:
+        if self._depth == 0:
             return
-        self._held = False
+        self._depth -= 1
+        if self._depth:
+            return
         st = self._spec.storage
         if st.kind in ("sqlite", "journal"):
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
@@ -349,7 +411,7 @@ class BudgetLock:
             self.close()
 
     def close(self) -> None:
-        self._held = False
+        self._depth = 0
         if self._fh is not None:
             self._fh.close()
             self._fh = None

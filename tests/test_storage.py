@@ -177,3 +177,36 @@ def test_counts_fall_back_to_the_public_api_instead_of_crashing_or_dropping(
         assert {k: v for k, v in counts(opened).items() if v} == _slow_counts(opened)
     finally:
         opened.lock.close()
+
+
+def _lock_spec(tmp_path: Path, storage: str | None = None):  # type: ignore[no-untyped-def]
+    from hyper_opt.config import load_config
+
+    s = write_search(tmp_path / "lock", optuna={"storage": storage} if storage else None)
+    return load_config(s.hyper, s.model)[0].optuna
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_budget_lock_nests_and_a_hung_holder_gives_an_error_not_a_hang(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    from hyper_opt.exceptions import StorageError
+    from hyper_opt.storage import BudgetLock
+
+    spec = _lock_spec(tmp_path, request.getfixturevalue("pg_url") if backend == "postgres" else None)
+    holder, waiter = BudgetLock(spec), BudgetLock(spec, timeout_s=1.5)
+    try:
+        holder.acquire()
+        holder.acquire()  # nested (the objective may take it again)
+        holder.release()
+        assert holder.held
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="stayed taken"):
+            waiter.acquire()  # the holder still has it after the inner release
+        assert time.monotonic() - started < 10
+        holder.release()
+        assert not holder.held
+        waiter.acquire()  # free now
+        waiter.release()
+    finally:
+        holder.close()
+        waiter.close()
