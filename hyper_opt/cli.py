@@ -204,8 +204,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from hyper_opt.secrets import take_from_env
     from hyper_opt.worker import Stop, Worker
 
+    args.overrides = take_from_env(args.overrides)  # a password travels in the environment, not argv
     config, model = load_from_args(args)
     setup_logging(config.log_level, debug=args.debug)
     deadline = args.deadline

@@ -557,6 +557,10 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
         scheme = storage.split("://", 1)[0]
         if scheme.startswith("sqlite"):
             raw_path = storage.split(":///", 1)[1] if ":///" in storage else ""
+            if raw_path in ("", ":memory:") or "mode=memory" in storage:
+                chk.add("optuna:storage", f"{storage!r} is an in-memory database that every worker "
+                        "would get a private copy of, and that vanishes when it exits: give a file "
+                        "(sqlite:///study.db) or a database server URL")
             path = Path(raw_path)
             if raw_path and raw_path != ":memory:" and not path.is_absolute():
                 path = (url_base if url_base is not None else save_path) / path
@@ -574,9 +578,34 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
     return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
 
 
+# A study name becomes a file name (the journal), a Slurm job name and a #SBATCH/#PBS directive:
+# no path separators, no newlines, nothing a shell or a directive parser reads specially.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL with any password (``user:pw@``, ``:pw@``, ``?password=``) replaced by ``***``,
+    for logs, messages and the config handed to user code.
+
+    A password may hold an unquoted ``@`` (``u:p@ss@host``): the user part ends at the last ``@``
+    before the query. The result is rendered by SQLAlchemy's URL when it parses."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, password = head[:at].partition(":")
+        head = (f"{user}:***" if colon else user) + "@" + head[at + 1:]
+    query = _SECRET_QUERY.sub(r"\1***", sep + query)[1:] if sep else ""
+    masked = f"{scheme}://{head}{sep}{query}"
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.make_url(masked).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    except Exception:  # not a URL SQLAlchemy knows: the masked text as it is
+        return masked
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -775,6 +804,11 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         name = opt.get("name")
         study_name = name if isinstance(name, str) and name else "hyper_opt"
     study_name = chk.string(study_name, "optuna:study_name", default="hyper_opt") or "hyper_opt"
+    if not STUDY_NAME.match(study_name):
+        chk.add("optuna:study_name" if "study_name" in opt else "optuna:name",
+                f"{study_name!r} is not a safe study name: use letters, digits and . _ + - only, starting "
+                "with a letter or digit, at most 128 characters (it names files under save_path and the "
+                "Slurm job)")
 
     metrics = chk.strings(opt.get("metric", "val_loss"), "optuna:metric")
     directions = chk.strings(opt.get("direction", "minimize"), "optuna:direction")

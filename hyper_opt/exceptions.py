@@ -41,6 +41,11 @@ class StorageError(HyperOptError):
     """The study's storage cannot be reached or used."""
 
 
+class StorageRefusedError(StorageError):
+    """The storage refused for a reason that waiting cannot fix: authentication, a missing
+    database, permissions, a full or read-only disk. Raised at once, never retried."""
+
+
 class SubmissionError(HyperOptError):
     """Jobs could not be submitted to the scheduler."""
 
@@ -51,3 +56,7 @@ class ObjectiveError(HyperOptError):
 
 class MetricMissingError(HyperOptError):
     """``train`` returned results without the metric being optimised."""
+
+
+class MetricValueError(HyperOptError):
+    """``train`` returned a metric that is not a finite number (NaN, inf, a string): the trial fails."""

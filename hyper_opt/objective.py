@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import space
-from hyper_opt.exceptions import MetricMissingError, ObjectiveError
+from hyper_opt.exceptions import MetricMissingError, MetricValueError, ObjectiveError
 
 if TYPE_CHECKING:
     import optuna
@@ -99,8 +99,9 @@ class BaseObjective:
         """A folder for this trial's checkpoints; a retried copy of the trial gets the same one."""
         origin = trial.user_attrs.get("retry_of", trial.number) if hasattr(trial, "user_attrs") else trial.number
         base = self.save_path if self.save_path is not None else Path(".")
+        (base / "checkpoints").mkdir(parents=True, exist_ok=True, mode=0o700)
         path = base / "checkpoints" / f"trial_{origin}"
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True, mode=0o700)  # private: load_checkpoint unpickles what is here
         return path
 
     def save_checkpoint(self, trial: optuna.Trial, state: Any) -> Path:
@@ -111,6 +112,7 @@ class BaseObjective:
 
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
         with atomic_open(path, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
             pickle.dump(state, fh)
         return path
 
@@ -121,6 +123,7 @@ class BaseObjective:
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
         if not path.exists():
             return None
+        _check_private(path)
         with open(path, "rb") as fh:
             return pickle.load(fh)
 
@@ -161,10 +164,14 @@ class BaseObjective:
                 raise MetricMissingError(f"train() returned no {name!r} (the metric being optimised); "
                                          f"it returned: {', '.join(map(str, results)) or 'nothing'}")
             try:
-                out.append(float(results[name]))
+                number = float(results[name])
             except (TypeError, ValueError):
-                raise MetricMissingError(f"train() returned {name}={results[name]!r}, "
-                                         "which is not a number") from None
+                raise MetricValueError(f"train() returned {name}={results[name]!r:.200}, "
+                                       "which is not a number") from None
+            if not math.isfinite(number):  # optuna would fail a NaN silently; inf would rank first or last
+                raise MetricValueError(f"train() returned {name}={number}, which is not a finite number "
+                                       "(the training diverged?); the trial fails")
+            out.append(number)
         return out[0] if len(out) == 1 else out
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -174,6 +181,18 @@ class BaseObjective:
         extra = {str(k): _jsonable(v) for k, v in results.items()}
         trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None})
         return values
+
+
+def _check_private(path: Path) -> None:
+    """Unpickling runs code: refuse a checkpoint that another user could have written (the file
+    or its folders writable by group or others, or owned by someone else), as ssh does its keys."""
+    for part in (path, path.parent, path.parent.parent):
+        st = part.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise ObjectiveError(
+                f"refusing to load the checkpoint {path}: {part} is writable by other users or owned by "
+                f"another (mode {st.st_mode & 0o777:o}, uid {st.st_uid}); loading a checkpoint runs code from "
+                f"it. If it is yours, make it private: chmod -R go-w {path.parent.parent}")
 
 
 def _jsonable(value: Any) -> float | int | str | None:
@@ -237,6 +256,10 @@ def objective_config(config: HyperConfig, model: Mapping[str, Any]) -> dict[str,
     if "optuna" not in conf:
         section = copy.deepcopy(dict(config.raw.get("optuna") or {}))
         section["save_path"] = str(config.save_path)
+        if isinstance(section.get("storage"), str):  # user code never sees the database password
+            from hyper_opt.config import mask_url
+
+            section["storage"] = mask_url(section["storage"])
         conf["optuna"] = section
     return conf
 

@@ -17,10 +17,12 @@ dies) and ``GET_LOCK`` on MySQL.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hyper_opt.config import OptunaSpec, StorageSpec, mask_url
-from hyper_opt.exceptions import StorageError
+from hyper_opt.exceptions import StorageError, StorageRefusedError
 
 if TYPE_CHECKING:
     import optuna
@@ -48,10 +50,27 @@ def describe(spec: StorageSpec) -> str:
     return mask_url(spec.url or "")
 
 
+def cluster_storage_warning(spec: StorageSpec) -> str | None:
+    """A warning for a search whose jobs would share an SQLite file across nodes, or None."""
+    if spec.kind != "sqlite":
+        return None
+    return (f"the study is in the SQLite file {spec.path}, which jobs on several nodes will share over "
+            "a network file system: SQLite's locking is unreliable there (lost writes, "
+            "StorageInternalError, optuna issue #6036). Use a PostgreSQL URL in optuna:storage, or "
+            "'storage_type: journal' for a file on a shared file system.")
+
+
 def _prepare_sqlite(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers no longer block the writer
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers no longer block the writer
+    except (sqlite3.Error, OSError) as err:
+        verdict = diagnose(err)
+        if verdict is not None and verdict[0] == RETRY:
+            raise  # "database is locked": with_db_retry waits
+        reason = verdict[1] if verdict is not None else "cannot be used"
+        raise StorageRefusedError(f"the study storage sqlite file {path}: {reason} ({_first_line(err)})") from err
 
 
 def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
@@ -96,38 +115,158 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def is_connection_error(err: BaseException | None) -> bool:
-    """True for errors that mean "the database is unreachable right now" (worth retrying).
+RETRY, REFUSE = "retry", "refuse"
 
-    optuna wraps driver errors (``StorageInternalError``), so the cause chain is searched.
+# PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_PG_REFUSE = {
+    "28000": "the server refused the login (pg_hba.conf or user): check optuna:storage",
+    "28P01": "password authentication failed: check the user and password of optuna:storage "
+             "(or PGPASSWORD / ~/.pgpass)",
+    "3D000": "the database does not exist: create it first (createdb NAME)",
+    "42501": "permission denied: the database user lacks a privilege on the study's tables",
+    "53100": "the database server's disk is full",
+    "25006": "the database is read-only (a standby server?)",
+    "58P01": "a file of the database server is missing",
+}
+_PG_RETRY_CLASSES = ("08", "40", "57P")  # connection, rollback (deadlock, serialization), shutdown
+_PG_RETRY = {"53300", "55P03", "53200"}  # too many connections, lock not available, out of memory
+# MySQL / MariaDB error numbers.
+_MYSQL_REFUSE = {
+    1044: "access to the database denied: check the user of optuna:storage",
+    1045: "access denied: check the user and password of optuna:storage",
+    1049: "the database does not exist: create it first (CREATE DATABASE)",
+    1142: "permission denied: the database user lacks a privilege on the study's tables",
+    1021: "the database server's disk is full",
+    1114: "a table of the database is full",
+    1290: "the database server is read-only",
+}
+_MYSQL_RETRY = {1040, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
+# SQLite result codes (sqlite3.Error.sqlite_errorname).
+_SQLITE_REFUSE = {
+    "SQLITE_READONLY": "the sqlite file (or its folder) is read-only",
+    "SQLITE_FULL": "the disk holding the sqlite file is full",
+    "SQLITE_CANTOPEN": "the sqlite file cannot be opened (missing folder or permissions)",
+    "SQLITE_PERM": "permission denied on the sqlite file",
+    "SQLITE_NOTADB": "the file is not an sqlite database",
+    "SQLITE_CORRUPT": "the sqlite file is corrupt",
+    "SQLITE_AUTH": "permission denied on the sqlite file",
+}
+_SQLITE_RETRY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+# The same, by message, for drivers or paths that give no code.
+_TEXT_REFUSE = (
+    ("password authentication failed", _PG_REFUSE["28P01"]),
+    (re.compile(r'database "[^"]*" does not exist'), _PG_REFUSE["3D000"]),
+    (re.compile(r'role "[^"]*" does not exist'), "the database user does not exist: check optuna:storage"),
+    ("no pg_hba.conf entry", _PG_REFUSE["28000"]),
+    ("access denied for user", _MYSQL_REFUSE[1045]),
+    ("unknown database", _MYSQL_REFUSE[1049]),
+    ("permission denied", _PG_REFUSE["42501"]),
+    ("no space left on device", "the disk is full"),
+    ("disk is full", "the disk is full"),
+    ("read-only", "the storage is read-only"),
+    ("readonly", "the storage is read-only"),
+    ("file is not a database", _SQLITE_REFUSE["SQLITE_NOTADB"]),
+    ("unable to open database file", _SQLITE_REFUSE["SQLITE_CANTOPEN"]),
+)
+_OS_REFUSE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+
+
+def _verdict_of(err: BaseException) -> tuple[str, str] | None:
+    """The verdict for one exception (not its causes): (RETRY|REFUSE, reason) or None."""
+    import sqlalchemy.exc
+
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return RETRY, "the database server is unreachable"
+    if isinstance(err, OSError):
+        reason = _OS_REFUSE.get(err.errno or -1)
+        return (REFUSE, reason) if reason else None
+    if isinstance(err, sqlite3.Error):
+        name = getattr(err, "sqlite_errorname", "") or ""
+        if name.split("_SNAPSHOT")[0] in _SQLITE_RETRY or name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return RETRY, "the sqlite file is locked by another process"
+        for code, reason in _SQLITE_REFUSE.items():
+            if name.startswith(code):
+                return REFUSE, reason
+        if "database is locked" in str(err).lower():
+            return RETRY, "the sqlite file is locked by another process"
+    sqlstate = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)  # psycopg 3 / psycopg2
+    if isinstance(sqlstate, str) and sqlstate:
+        if sqlstate in _PG_REFUSE:
+            return REFUSE, _PG_REFUSE[sqlstate]
+        if sqlstate in _PG_RETRY or sqlstate.startswith(_PG_RETRY_CLASSES):
+            return RETRY, "the database server is unreachable or busy"
+    args = getattr(err, "args", ())
+    if type(err).__module__.split(".")[0] in ("pymysql", "MySQLdb", "mysql") and args and isinstance(args[0], int):
+        if args[0] in _MYSQL_REFUSE:
+            return REFUSE, _MYSQL_REFUSE[args[0]]
+        if args[0] in _MYSQL_RETRY:
+            return RETRY, "the database server is unreachable or busy"
+    if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
+        return RETRY, "the connection was lost"
+    return None
+
+
+def diagnose(err: BaseException | None) -> tuple[str, str] | None:
+    """Why a storage call failed: ``(RETRY, reason)`` for what heals by waiting (an outage, a
+    lock), ``(REFUSE, reason)`` for what does not (authentication, a missing database,
+    permissions, a full or read-only disk), None when this is not a storage problem.
+
+    Classified by SQLSTATE (psycopg), MySQL error number, SQLite result code or errno; by message
+    only where the driver gives no code. optuna wraps driver errors (``StorageInternalError``)
+    and SQLAlchemy wraps the driver's, so the cause chain is searched.
     """
     try:
         import sqlalchemy.exc
     except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
-        return False
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
-            return True
-        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                            sqlalchemy.exc.DisconnectionError)):
-            text = str(err).lower()
-            return not ("no such table" in text or "syntax" in text or "database is locked" in text)
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
+        return None
+    chain: list[BaseException] = []
+    while err is not None and len(chain) < 10 and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__ or getattr(err, "orig", None)
+    for one in chain:
+        verdict = _verdict_of(one)
+        if verdict is not None:
+            return verdict
+    for one in chain:  # no code anywhere: the message, then SQLAlchemy's class
+        if isinstance(one, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            sqlalchemy.exc.DisconnectionError, sqlite3.OperationalError)):
+            text = str(one).lower()
+            for needle, reason in _TEXT_REFUSE:
+                if (needle.search(text) if isinstance(needle, re.Pattern) else needle in text):
+                    return REFUSE, reason
+            if "database is locked" in text:
+                return RETRY, "the sqlite file is locked by another process"
+            if "no such table" in text or "syntax" in text:
+                return None
+            return RETRY, "the database is unreachable"
+    return None
+
+
+def is_connection_error(err: BaseException | None) -> bool:
+    """True for errors that heal by waiting (an outage, a dropped connection, a lock): retried."""
+    verdict = diagnose(err)
+    return verdict is not None and verdict[0] == RETRY
 
 
 def with_db_retry(fn: Callable[[], T], *, seconds: float, what: str) -> T:
-    """Call ``fn``; while the database is unreachable retry with backoff for ``seconds``."""
+    """Call ``fn``; while the database is unreachable retry with backoff for ``seconds``.
+
+    What waiting cannot fix (a wrong password, a missing database, a full disk) is raised at
+    once as :class:`StorageRefusedError` with one clear message."""
     deadline = time.monotonic() + seconds
     delay = 0.5
     while True:
         try:
             return fn()
+        except StorageRefusedError:
+            raise
         except Exception as err:
-            if not is_connection_error(err) or time.monotonic() + delay > deadline:
-                if is_connection_error(err):
+            verdict = diagnose(err)
+            if verdict is not None and verdict[0] == REFUSE:
+                raise StorageRefusedError(f"{what}: {verdict[1]} ({_first_line(err)})") from err
+            if verdict is None or time.monotonic() + delay > deadline:
+                if verdict is not None:
                     raise StorageError(f"{what}: the database stayed unreachable for {seconds:.0f} s "
                                        f"({_first_line(err)})") from err
                 raise
@@ -139,13 +278,36 @@ def with_db_retry(fn: Callable[[], T], *, seconds: float, what: str) -> T:
 # --------------------------------------------------------------------------- budget lock
 
 
+LOCK_TIMEOUT_S = 600.0  # a holder that keeps the budget lock this long is hung: say so, do not wait for ever
+# The server drops a vanished holder's session (and its advisory lock) after about a minute,
+# not after the kernel's default keepalive of about two hours.
+_PG_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
+
+
+def _sqlstate(err: BaseException | None) -> str | None:
+    seen = 0
+    while err is not None and seen < 10:
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if code:
+            return str(code)
+        err = err.__cause__ or getattr(err, "orig", None)
+        seen += 1
+    return None
+
+
 class BudgetLock:
     """A cross-process lock for one study. ``acquire``/``release`` may be called from the
-    objective (to release as soon as a trial has started); ``release`` is idempotent."""
+    objective (to release as soon as a trial has started); ``release`` is idempotent.
 
-    def __init__(self, spec: OptunaSpec) -> None:
+    Re-entrant: nested holds are counted and the lock goes at the outermost release. The wait is
+    bounded (``timeout_s``: ``flock(LOCK_NB)`` polled with backoff, PostgreSQL's ``lock_timeout``,
+    ``GET_LOCK``'s timeout, whose 0/NULL result is checked), then a StorageError names the stuck
+    lock; on PostgreSQL the server drops a vanished holder's session within about a minute."""
+
+    def __init__(self, spec: OptunaSpec, *, timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self._spec = spec
-        self._held = False
+        self._depth = 0
+        self._timeout_s = timeout_s
         self._fh: Any = None
         self._conn: Any = None
         self._key = int.from_bytes(hashlib.sha256(f"hyper_opt:{spec.study_name}".encode()).digest()[:8],
@@ -153,7 +315,7 @@ class BudgetLock:
 
     @property
     def held(self) -> bool:
-        return self._held
+        return self._depth > 0
 
     def _file(self) -> Path:
         st = self._spec.storage
@@ -161,37 +323,76 @@ class BudgetLock:
         return st.path.with_name(st.path.name + ".lock")
 
     def acquire(self) -> None:
-        st = self._spec.storage
-        if st.kind in ("sqlite", "journal"):
-            if self._fh is None:
-                self._file().parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self._file(), "a+b")  # noqa: SIM115 - kept open across trials
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        if self._depth:
+            self._depth += 1
+            return
+        if self._spec.storage.kind in ("sqlite", "journal"):
+            self._file_lock()
         else:
             try:
-                self._server_lock()
-            except Exception:
+                got = self._server_lock()
+            except Exception as err:
                 self.close()  # a dead connection: the next attempt opens a new one
+                if _sqlstate(err) == "55P03":  # lock_timeout: a hung holder, not an outage
+                    raise self._stuck() from None
                 raise
-        self._held = True
+            if not got:
+                self.close()
+                raise self._stuck()
+        self._depth = 1
 
-    def _server_lock(self) -> None:
+    def _stuck(self) -> StorageError:
+        st = self._spec.storage
+        where = str(self._file()) if st.kind in ("sqlite", "journal") else f"the advisory lock {self._key}"
+        return StorageError(
+            f"the study's budget lock ({where}) stayed taken for {self._timeout_s:.0f} s: a worker holding "
+            "it is hung (it is held only while a trial is created, for milliseconds); find and stop it")
+
+    def _file_lock(self) -> None:
+        if self._fh is None:
+            self._file().parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self._file(), "a+b")  # noqa: SIM115 - kept open across trials
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() + delay > deadline:
+                    raise self._stuck() from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _server_lock(self) -> bool:
         import sqlalchemy
 
         url = self._spec.storage.url or ""
         if self._conn is None:
             engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
             self._conn = engine.connect()
+            if url.startswith("postgresql"):
+                for statement in (*_PG_KEEPALIVE, f"SET lock_timeout = {int(self._timeout_s * 1000)}"):
+                    self._conn.execute(sqlalchemy.text(statement))
+                self._conn.commit()
+        got: Any = True
         if url.startswith("postgresql"):
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
         elif url.startswith(("mysql", "mariadb")):
-            self._conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 3600)"), {"k": f"hyper_opt_{self._key}"})
+            # 1: taken; 0: the timeout passed; NULL: an error on the server.
+            got = self._conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, :t)"),
+                                     {"k": f"hyper_opt_{self._key}", "t": int(self._timeout_s)}).scalar()
+            if got is None:
+                raise StorageError(f"GET_LOCK('hyper_opt_{self._key}') failed on the MySQL server")
         self._conn.commit()
+        return bool(got)
 
     def release(self) -> None:
-        if not self._held:
+        if self._depth == 0:
             return
-        self._held = False
+        self._depth -= 1
+        if self._depth:
+            return
         st = self._spec.storage
         if st.kind in ("sqlite", "journal"):
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
@@ -210,7 +411,7 @@ class BudgetLock:
             self.close()
 
     def close(self) -> None:
-        self._held = False
+        self._depth = 0
         if self._fh is not None:
             self._fh.close()
             self._fh = None

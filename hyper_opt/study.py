@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt.config import ComponentSpec, HyperConfig, build_component
 from hyper_opt.exceptions import ConfigError, StudyExistsError
-from hyper_opt.storage import BudgetLock, describe, make_storage, with_db_retry
+from hyper_opt.storage import BudgetLock, describe, is_connection_error, make_storage, with_db_retry
 
 if TYPE_CHECKING:
     import optuna
@@ -84,6 +84,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     import optuna
 
     spec = config.optuna
+    claim_save_path(config, write=False)
     if (check_reload and spec.reload_explicit and spec.storage.path is not None
             and not spec.storage.path.exists()):  # before opening it creates an empty file there
         raise StudyExistsError(_not_found_message(config, None))
@@ -137,6 +138,8 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
                 study.enqueue_trial(dict(params), skip_if_exists=True)
             study.set_user_attr(ENQUEUED_ATTR, True)
             logger.info("enqueued %d trial(s) from optuna:enqueue", len(spec.enqueue))
+        if create:
+            claim_save_path(config, write=True)
     study_id = storage.get_study_id_from_name(spec.study_name)
     return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
 
@@ -161,6 +164,33 @@ def _not_found_message(config: HyperConfig, storage: Any) -> str:
             "and study_name; set 'reload: 0' to start a new study.")
 
 
+SAVE_PATH_OWNER = ".hyper_opt_study"
+
+
+def claim_save_path(config: HyperConfig, *, write: bool) -> None:
+    """One study per ``save_path``: its per-trial files (``trials/trial_N.csv``,
+    ``checkpoints/trial_N/``, ``unrecorded/``, ``logs/``) are keyed by trial number, so a second
+    study there would resume from, and then delete, the first one's checkpoints. The folder's
+    owner is recorded in ``save_path/.hyper_opt_study``; another study is refused, with how to
+    fix it. A folder from before this file existed is adopted by the first study that writes."""
+    path = config.save_path / SAVE_PATH_OWNER
+    name = config.optuna.study_name
+    try:
+        owner = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and owner != name:
+        raise StudyExistsError(
+            f"save_path {config.save_path} already holds the files of study {owner!r}; study {name!r} "
+            f"needs a save_path of its own (set save_path in {config.hyper_path.name}, e.g. "
+            f"'save_path: {config.save_path.name}_{name}'), or use optuna:study_name {owner!r} to "
+            f"continue that study. Nothing was changed.")
+    if write and not owner:
+        from hyper_opt.results import atomic_write_text
+
+        atomic_write_text(path, name + "\n")
+
+
 def counts(opened: Opened) -> dict[str, int]:
     """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
 
@@ -179,13 +209,18 @@ def counts(opened: Opened) -> dict[str, int]:
                 rows = conn.execute(sqlalchemy.text(
                     "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
                     {"sid": opened.study_id}).fetchall()
-            for state, n in rows:
-                name = getattr(state, "name", str(state))
-                if name in result:
-                    result[name] += int(n)
-            return result
-        except sqlalchemy.exc.ProgrammingError:  # another schema: count the slow, public way
-            result = {s.name: 0 for s in optuna.trial.TrialState}
+            names = [(getattr(state, "name", str(state)), int(n)) for state, n in rows]
+            if all(name in result for name, _ in names):  # an unknown state must not go uncounted
+                for name, n in names:
+                    result[name] += n
+                return result
+            logger.warning("unknown trial states %s in the trials table; counting the slow way",
+                           sorted({name for name, _ in names if name not in result}))
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if is_connection_error(err):  # an outage, not another schema: the caller retries
+                raise
+            # another schema (PostgreSQL raises ProgrammingError, SQLite OperationalError)
+        result = {s.name: 0 for s in optuna.trial.TrialState}
     for trial in opened.storage.get_all_trials(opened.study_id, deepcopy=False):
         result[trial.state.name] += 1
     return result
@@ -215,6 +250,56 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def fail_silent_trials(opened: Opened, *, grace_period: float) -> list[int]:
+    """Fail (and re-queue, like optuna's stale trials) RUNNING trials that never recorded a
+    heartbeat and started more than ``grace_period`` seconds ago.
+
+    optuna's stale check skips trials without a heartbeat, so a worker that died between
+    ``ask`` and its first heartbeat left a trial that nobody ever failed, and every other worker
+    waited for it for ever. Workers record the first heartbeat inside the claim, under the budget
+    lock that the caller holds, so a live worker's trial is never seen here without one. One
+    query on optuna's ``trials`` and ``trial_heartbeats`` tables; other storages have no heartbeat.
+    """
+    import datetime as dt
+
+    import optuna
+
+    storage = opened.storage
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return []
+    import sqlalchemy
+
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)
+    try:
+        with storage.engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT t.trial_id, t.number FROM trials t LEFT JOIN trial_heartbeats h "
+                "ON h.trial_id = t.trial_id WHERE t.study_id = :sid AND t.state = 'RUNNING' "
+                "AND h.trial_id IS NULL AND t.datetime_start < :cutoff"),
+                {"sid": opened.study_id, "cutoff": cutoff}).fetchall()
+    except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+        if is_connection_error(err):
+            raise
+        logger.warning("cannot look for RUNNING trials without a heartbeat: %s", str(err).splitlines()[0])
+        return []
+    failed = []
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id, number in rows:
+        try:
+            storage.set_trial_user_attr(trial_id, "error", f"RUNNING with no heartbeat for more than "
+                                        f"{grace_period:.0f} s (grace_period): its worker died as it started")
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        logger.warning("trial %d was RUNNING without a heartbeat for more than %.0f s; marked FAIL",
+                       number, grace_period)
+        failed.append(number)
+        if callback is not None:
+            callback(opened.study, storage.get_trial(trial_id))
+    return failed
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

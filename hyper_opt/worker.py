@@ -2,9 +2,11 @@
 
 Every Slurm job and every local worker process runs this loop. Per trial:
 
-1. under the study's budget lock: fail stale trials (dead workers; their copies are re-queued),
-   count finished (COMPLETE + PRUNED) and RUNNING trials, and start a trial only when that
-   leaves the budget unexceeded. This makes the final count exact with any number of workers;
+1. under the study's budget lock: fail stale trials (dead workers, and RUNNING trials that never
+   recorded a heartbeat; their copies are re-queued), count finished (COMPLETE + PRUNED) and
+   RUNNING trials, and start a trial only when that leaves the budget unexceeded, recording its
+   first heartbeat and run context before the lock is released. This makes the final count exact
+   with any number of workers, and no RUNNING trial is ever without a heartbeat or an owner;
 2. train outside the lock, with a heartbeat thread so that a killed worker's trial goes stale;
 3. tell optuna the outcome (retrying while the database is unreachable), then write the
    trial's CSV file.
@@ -32,12 +34,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt import results
+from hyper_opt import failpoints, results
 from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
 from hyper_opt.storage import is_connection_error, with_db_retry
-from hyper_opt.study import Opened, ask, counts, fail_stale_trials, open_study
+from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
     import optuna
@@ -56,8 +58,20 @@ class Stop(enum.Enum):
     MAX_TRIALS = "this worker's own trial limit was reached"
 
 
-class Interrupted(Exception):
-    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM)."""
+class Interrupted(BaseException):
+    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM, the job ending).
+
+    A BaseException, like KeyboardInterrupt, so that a user's ``except Exception:`` in ``train``
+    does not swallow the stop request."""
+
+
+@dataclass
+class Claimed:
+    """A trial this worker started: its heartbeat and run context are already recorded."""
+
+    trial: optuna.Trial
+    trial_id: int
+    origin: int | None  # the trial it retries, for a re-queued copy
 
 
 @dataclass
@@ -68,10 +82,16 @@ class WorkerReport:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds; survives database outages."""
+    """Records the trial's heartbeat every ``interval`` seconds; survives database outages.
 
-    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+    The first beat is normally recorded by the claim itself (under the budget lock, right after
+    ``ask``), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
+    retried like every storage call. ``__exit__`` is safe whether or not the thread started."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int, *, beat_now: bool = True,
+                 retry_seconds: float = 600.0) -> None:
         self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._beat_now, self._retry_seconds = beat_now, retry_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hyper_opt-heartbeat", daemon=True)
 
@@ -83,13 +103,16 @@ class _Heartbeat:
                 logger.warning("heartbeat failed: %s", str(err).splitlines()[0] if str(err) else err)
 
     def __enter__(self) -> _Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        if self._beat_now:
+            with_db_retry(lambda: self._storage.record_heartbeat(self._trial_id),
+                          seconds=self._retry_seconds, what="recording the trial's first heartbeat")
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # never started: __enter__ failed
+            self._thread.join()
 
 
 def run_context() -> dict[str, str]:
@@ -115,6 +138,7 @@ class Worker:
         self._stop_requested = False
         self.stop_requested = threading.Event()  # seen by BaseObjective.report: stop at a safe point
         self._in_trial = False
+        self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -132,12 +156,24 @@ class Worker:
             logger.warning("worker %d: %s (job ending): the trial stops at its next report",
                            self.worker_index, name)
             self.stop_requested.set()
-            signal.alarm(PREEMPT_GRACE_S)
+            pending = signal.alarm(PREEMPT_GRACE_S)
+            if self._alarm is None:
+                self._alarm = (time.monotonic(), pending)
             return
         logger.warning("worker %d: %s received; stopping after the current trial is recorded",
                        self.worker_index, name)
         if self._in_trial and (first or signum == signal.SIGALRM):
             raise Interrupted(f"worker interrupted by {name}")
+
+    def _disarm(self) -> None:
+        """Cancel the alarm the worker armed (if it did), restoring the user's pending one."""
+        if self._alarm is None or threading.current_thread() is not threading.main_thread():
+            return
+        armed_at, pending = self._alarm
+        self._alarm = None
+        signal.alarm(0)
+        if pending:
+            signal.alarm(max(1, round(pending - (time.monotonic() - armed_at))))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -185,11 +221,32 @@ class Worker:
                         break
                 else:
                     consecutive_failures = 0
+            if report.stop is Stop.BUDGET:
+                self._write_missing_csvs(opened)
         finally:
             opened.lock.close()
         logger.info("worker %d: stopped: %s; ran %d trial(s) %s", self.worker_index,
                     report.stop.value if report.stop else "?", len(report.trials), report.states)
         return report
+
+    def _write_missing_csvs(self, opened: Opened) -> None:
+        """At the end of the study, write the CSV of every finished trial that has none: its
+        worker died after recording it, or its disk was full then (derived from the study)."""
+        import optuna
+
+        TS = optuna.trial.TrialState
+        try:
+            trials = with_db_retry(lambda: opened.storage.get_all_trials(
+                opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.FAIL)),
+                seconds=self.config.optuna.db_retry_seconds, what="reading the finished trials")
+            for t in trials:
+                if not results.trial_csv_path(self.config.trials_dir, t.number).exists():
+                    results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
+                                            metric_names=self._metric_names,
+                                            n_values=len(self.config.optuna.directions))
+                    logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, t.number)
+        except (OSError, HyperOptError) as err:
+            logger.warning("worker %d: could not write missing trial CSVs: %s", self.worker_index, err)
 
     def _should_stop(self, report: WorkerReport) -> Stop | None:
         if self._stop_requested:
@@ -223,37 +280,51 @@ class Worker:
             if t.datetime_start and t.datetime_complete:
                 self._durations.append((t.datetime_complete - t.datetime_start).total_seconds())
 
-    def _claim(self, opened: Opened) -> optuna.Trial | Stop | None:
-        """Start a trial if the budget allows: a Trial, Stop.BUDGET, or None (wait and retry)."""
+    def _claim(self, opened: Opened) -> Claimed | Stop | None:
+        """Start a trial if the budget allows: a Claimed trial, Stop.BUDGET, or None (wait and retry).
+
+        The new trial's first heartbeat and its run context are recorded here, under the budget
+        lock, so that no other worker ever sees a RUNNING trial it cannot account for."""
         import optuna
 
-        def attempt() -> optuna.Trial | Stop | None:
+        spec = self.config.optuna
+
+        def attempt() -> Claimed | Stop | None:
             TS = optuna.trial.TrialState
             with opened.lock.hold():
-                if self.config.optuna.heartbeat_interval:
+                failpoints.hit("holding_budget_lock")
+                if spec.heartbeat_interval:
                     fail_stale_trials(opened.study)
+                    fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
                 c = counts(opened)
                 finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
-                n_trials = self.config.optuna.n_trials
-                if finished >= n_trials:
+                if finished >= spec.n_trials:
                     return Stop.BUDGET
-                if finished + c[TS.RUNNING.name] >= n_trials:
+                if finished + c[TS.RUNNING.name] >= spec.n_trials:
                     # Only wait where a dead worker's trial can go stale and be retried.
-                    return None if self.config.optuna.heartbeat_interval else Stop.BUDGET
-                return ask(opened.study)
+                    return None if spec.heartbeat_interval else Stop.BUDGET
+                trial = ask(opened.study)
+                failpoints.hit("after_ask")
+                trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+                failpoints.hit("before_heartbeat")
+                if spec.heartbeat_interval:
+                    opened.storage.record_heartbeat(trial_id)
+                origin = self._start_bookkeeping(opened, trial, trial_id)
+                return Claimed(trial, trial_id, origin)
 
-        return with_db_retry(attempt, seconds=self.config.optuna.db_retry_seconds, what="starting a trial")
+        return with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
 
-    def _run_trial(self, opened: Opened, objective: BaseObjective, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    def _run_trial(self, opened: Opened, objective: BaseObjective, claim: Claimed) -> optuna.trial.FrozenTrial:
         import optuna
 
         TS = optuna.trial.TrialState
-        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+        trial, trial_id, origin = claim.trial, claim.trial_id, claim.origin
         started = time.time()
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
-        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval)
+        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
+                                retry_seconds=self.config.optuna.db_retry_seconds)
                      if self.config.optuna.heartbeat_interval else None)
         try:
             if heartbeat is not None:
@@ -262,19 +333,17 @@ class Worker:
             try:
                 if self._stop_requested:  # the signal came between asking and starting
                     raise Interrupted("worker interrupted before the trial started")
-                origin = with_db_retry(lambda: self._start_bookkeeping(opened, trial, trial_id),
-                                       seconds=self.config.optuna.db_retry_seconds,
-                                       what=f"starting trial {trial.number}")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
+                failpoints.hit("in_train")
                 values = objective(trial)
             finally:
                 self._in_trial = False
-                signal.alarm(0) if threading.current_thread() is threading.main_thread() else None
+                self._disarm()
         except optuna.TrialPruned as err:
             state = TS.PRUNED
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
-        except Exception as err:
+        except (Exception, Interrupted) as err:
             state = TS.FAIL
             error = traceback.format_exc()
             if isinstance(err, (HyperOptError, Interrupted)):
@@ -326,12 +395,14 @@ class Worker:
         seconds = self.config.optuna.db_retry_seconds
 
         def tell() -> optuna.trial.FrozenTrial:
+            failpoints.hit("in_tell")
             if error is not None:
                 trial.set_user_attr("error", error[-8000:])
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)
 
+        failpoints.hit("before_tell")
         try:
             frozen = with_db_retry(tell, seconds=seconds, what=f"recording trial {trial.number}")
         except StorageError:
@@ -345,8 +416,15 @@ class Worker:
         if frozen.state != optuna.trial.TrialState.FAIL:  # only a retried copy would resume from them
             origin = frozen.user_attrs.get("retry_of", frozen.number)
             shutil.rmtree(self.config.save_path / "checkpoints" / f"trial_{origin}", ignore_errors=True)
-        results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
-                                metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+        failpoints.hit("after_tell_before_csv")
+        try:
+            failpoints.hit("in_csv_write")
+            results.write_trial_csv(self.config.trials_dir, frozen, param_names=self._param_names,
+                                    metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+        except OSError as err:  # the study holds the result; trials.csv is rebuilt from it
+            logger.error("worker %d: trial %d is recorded in the study but its CSV could not be written "
+                         "(%s); 'hyper-opt report' rebuilds the table from the study", self.worker_index,
+                         trial.number, err)
         return frozen
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:

@@ -8,6 +8,7 @@ bash scripts/setup_env.sh
 if [ "$(id -u)" = 0 ]; then
   bash scripts/local_cluster.sh up
   eval "$(bash scripts/local_cluster.sh env)"
+  export HYPER_OPT_REQUIRE_SERVICES=1  # it started them: a service that is missing fails its tests
 else
   echo "test.sh: not root, so the local Slurm cluster and PostgreSQL are not started;" \
        "their tests are skipped (CI runs as root and runs them)" >&2

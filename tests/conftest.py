@@ -2,7 +2,8 @@
 
 Cluster and database tests use the real Slurm and PostgreSQL started by
 ``scripts/local_cluster.sh up`` (``.ci/run`` starts them). Outside CI a missing service skips
-those tests; in CI (``CI=true``) it fails them, so that they are never skipped silently there.
+those tests; in CI (``CI=true``), or when ``scripts/test.sh`` started the services
+(``HYPER_OPT_REQUIRE_SERVICES=1``), it fails them, so that they are never skipped silently.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# In CI, or when scripts/test.sh started the services itself, a missing service fails its tests.
+IN_CI = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("CI", "HYPER_OPT_REQUIRE_SERVICES"))
 
 # An objective that finishes at once: f(x) = (x - 2)^2, with a reported curve for pruners.
 FAST_OBJECTIVE = textwrap.dedent('''

@@ -341,3 +341,29 @@ def test_cli_reports_config_errors_in_one_message_without_traceback(tmp_path: Pa
     assert not s.save_path.exists()
     proc = s.cli("optimize", "hyper.yml", "model.yml", "--debug")
     assert "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["a\nb", "../../x", "/abs/name", "x y", "x'y", ".hidden", "-x", "a" * 129, ""])
+def test_unsafe_study_names_are_refused_with_the_key_named(tmp_path: Path, name: str) -> None:
+    from .conftest import write_search
+
+    s = write_search(tmp_path / "s", optuna={"study_name": name})
+    with pytest.raises(ConfigError) as caught:
+        load_config(s.hyper, s.model)
+    assert "optuna:study_name" in str(caught.value)
+
+
+def test_a_newline_in_the_study_name_never_reaches_the_job_script(tmp_path: Path) -> None:
+    from .conftest import write_search
+
+    s = write_search(tmp_path / "s", optuna={"study_name": "x\n#SBATCH --time=99:00:00\ntouch /tmp/pwned"},
+                     extra={"slurm": {"jobs": 1, "batch": {"t": "00:05:00"}}})
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run")
+    assert proc.returncode == 2 and "not a safe study name" in proc.stderr and "#SBATCH" not in proc.stdout
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_sqlite_storage_is_refused(tmp_path: Path, url: str) -> None:
+    s = write_search(tmp_path / "s", optuna={"storage": url})
+    with pytest.raises(ConfigError, match="in-memory database"):
+        load_config(s.hyper, s.model)

@@ -188,3 +188,16 @@ def test_killed_worker_trial_is_failed_and_retried_by_the_launcher(tmp_path: Pat
     assert retries[0].state == optuna.trial.TrialState.COMPLETE
     assert len(_finished(study)) == 6
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_second_study_in_the_same_save_path_is_refused(tmp_path: Path) -> None:
+    a = write_search(tmp_path / "s", optuna={"n_trials": 1})
+    a.cli("optimize", "hyper.yml", "model.yml", check=True)
+    b = write_search(tmp_path / "s", optuna={"n_trials": 1})  # same folder and save_path, a new study name
+    proc = b.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2, proc.stderr
+    assert "already holds the files of study" in proc.stderr and "Traceback" not in proc.stderr
+    worker = subprocess.run([sys.executable, "-m", "hyper_opt.run", "hyper.yml", "model.yml"], cwd=b.folder,
+                            text=True, capture_output=True, timeout=60)
+    assert worker.returncode == 2 and "needs a save_path of its own" in worker.stderr
+    assert sorted(p.name for p in (a.save_path / "trials").glob("*.csv")) == ["trial_0.csv"]

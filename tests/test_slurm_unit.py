@@ -185,3 +185,48 @@ def test_dry_run_counts_gpu_workers_from_gres_alone(tmp_path: Path, capsys: pyte
     dry_run(_config(tmp_path, {"jobs": 2, "batch": {"gres": "gpu:v100:2", "t": "01:00:00"}}))
     out = capsys.readouterr().out
     assert "2 worker(s) each (2 GPU slot(s) x 1 task(s))" in out and "CPU workers" not in out
+
+def test_a_job_whose_workers_all_fail_fails(tmp_path: Path) -> None:
+    from hyper_opt.exceptions import SubmissionError
+    from hyper_opt.launch.slurm import JobMain
+
+    main = JobMain(str(tmp_path / "missing.yml"), None, [], job_index=0, gpus_per_node=0, tasks_per_worker=2)
+    with pytest.raises(SubmissionError, match="every worker of this job failed"):
+        main()
+
+
+def test_slurm_jobs_json_keeps_every_concurrent_record_and_a_corrupt_one_is_named(tmp_path: Path) -> None:
+    import threading
+
+    from hyper_opt.config import load_config
+    from hyper_opt.exceptions import SubmissionError
+    from hyper_opt.launch.slurm import JOBS_FILE, record_jobs, recorded_jobs
+
+    from .conftest import write_search
+
+    s = write_search(tmp_path / "s")
+    config, _ = load_config(s.hyper, s.model)
+    threads = [threading.Thread(target=record_jobs, args=(config, [str(i)], tmp_path)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(int(j["job_id"]) for j in recorded_jobs(config)) == list(range(16))
+    (config.save_path / JOBS_FILE).write_text("{not json")
+    with pytest.raises(SubmissionError, match="slurm_jobs.json cannot be read"):
+        recorded_jobs(config)
+
+
+def test_sqlite_for_cluster_jobs_gets_a_warning_pointing_elsewhere(tmp_path: Path) -> None:
+    from hyper_opt.config import load_config
+    from hyper_opt.storage import cluster_storage_warning
+
+    from .conftest import write_search
+
+    s = write_search(tmp_path / "s")
+    config, _ = load_config(s.hyper, s.model)
+    warning = cluster_storage_warning(config.optuna.storage) or ""
+    assert "PostgreSQL" in warning and "journal" in warning
+    s = write_search(tmp_path / "j", optuna={"storage_type": "journal", "storage": "study.journal",
+                                             "heartbeat_interval": None})
+    assert cluster_storage_warning(load_config(s.hyper, s.model)[0].optuna.storage) is None

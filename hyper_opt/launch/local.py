@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from hyper_opt import secrets
 from hyper_opt.config import HyperConfig
 from hyper_opt.storage import with_db_retry
 from hyper_opt.study import Opened, best_summary, counts, n_finished
@@ -29,12 +30,13 @@ STOP_GRACE_S = 30.0
 
 
 def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[str] = ()) -> list[str]:
-    """The argv of one worker (absolute paths, the same overrides as the parent)."""
+    """The argv of one worker (absolute paths, the same overrides as the parent; when one holds a
+    password they all travel in the environment instead, see :mod:`hyper_opt.secrets`)."""
     cmd = [sys.executable, "-m", "hyper_opt.run", str(config.hyper_path)]
     if config.model_path is not None:
         cmd.append(str(config.model_path))
     cmd += ["--worker-index", str(worker_index)]
-    for override in config.overrides:
+    for override in secrets.for_worker(config.overrides)[0]:  # a password goes by environment
         cmd += ["--set", override]
     return cmd + list(extra)
 
@@ -77,6 +79,7 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
     extra = ["--debug"] if debug else []
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(secrets.for_worker(config.overrides)[1])
     for i in range(workers):
         log = open(log_dir / f"worker_{i}.log", "ab")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(worker_command(config, worker_index=i, extra=extra), stdout=log,

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hyper_opt import secrets
 from hyper_opt.config import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.results import atomic_write_text
@@ -253,6 +254,9 @@ class JobMain:
             self._procs.append(subprocess.Popen(cmd, env=env))
         codes = [p.wait() for p in self._procs]
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: workers exited with {codes}", flush=True)
+        if codes and all(code != 0 for code in codes):  # sacct then says FAILED, not COMPLETED
+            raise SubmissionError(f"every worker of this job failed (exit codes {codes}); their errors are "
+                                  "in this job's log")
         return {"exit_codes": codes, "workers": n}
 
     def checkpoint(self) -> Any:
@@ -284,7 +288,8 @@ class JobMain:
         from hyper_opt.study import counts, n_finished, open_study
 
         try:
-            config, _ = load_config(self.hyper_path, self.model_path, overrides=self.overrides)
+            overrides = secrets.take_from_env(self.overrides, keep=True)
+            config, _ = load_config(self.hyper_path, self.model_path, overrides=overrides)
             opened = open_study(config, create=False)
             try:
                 return n_finished(counts(opened)) < config.optuna.n_trials
@@ -329,18 +334,27 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     spec = _spec(config)
     if shutil.which("sbatch") is None:
         raise SubmissionError("sbatch is not on PATH: run on a Slurm login node, or pass --local")
+    from hyper_opt.storage import cluster_storage_warning
+
+    warning = cluster_storage_warning(config.optuna.storage)
+    if warning:
+        logger.warning(warning)
     executor = make_executor(config)
     n_jobs = _jobs_needed(config, remaining if remaining is not None else config.optuna.n_trials)
+    # A password in an override must not be pickled under save_path/slurm: sbatch passes it to
+    # the jobs in their environment (see hyper_opt.secrets).
+    overrides, secret_env = secrets.for_worker(config.overrides)
     mains = [JobMain(str(config.hyper_path), str(config.model_path) if config.model_path else None,
-                     config.overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
+                     overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
                      tasks_per_worker=spec.tasks_per_worker, stop_margin_s=stop_margin_s(config))
              for i in range(n_jobs)]
     try:
-        if spec.array:
-            with executor.batch():
+        with secrets.exported(secret_env):
+            if spec.array:
+                with executor.batch():
+                    jobs = [executor.submit(m) for m in mains]
+            else:
                 jobs = [executor.submit(m) for m in mains]
-        else:
-            jobs = [executor.submit(m) for m in mains]
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as err:
         raise SubmissionError(f"sbatch refused the job: {str(err).strip()}") from err
     ids = [str(j.job_id) for j in jobs]
@@ -352,20 +366,37 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
 
 
 def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path) -> None:
+    """Append the jobs to ``slurm_jobs.json`` (read-modify-write under a file lock: two
+    ``optimize`` runs at once must not drop each other's jobs)."""
+    import fcntl
+
     path = config.save_path / JOBS_FILE
-    data = recorded_jobs(config)
-    now = dt.datetime.now().isoformat(timespec="seconds")
-    data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name}
-             for i in ids]
-    atomic_write_text(path, json.dumps(data, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(JOBS_FILE + ".lock"), "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        data = _read_jobs(path)
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name}
+                 for i in ids]
+        atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def _read_jobs(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise SubmissionError(f"{path} cannot be read ({err}); it lists the study's Slurm jobs: fix it, "
+                              "or move it away to forget them") from None
+    if not isinstance(data, list) or not all(isinstance(j, dict) and "job_id" in j for j in data):
+        raise SubmissionError(f"{path} is not a list of jobs; fix it, or move it away to forget them")
+    return data
 
 
 def recorded_jobs(config: HyperConfig) -> list[dict[str, Any]]:
-    path = config.save_path / JOBS_FILE
-    if not path.exists():
-        return []
-    return [j for j in json.loads(path.read_text()) if j.get("study", config.optuna.study_name)
-            == config.optuna.study_name]
+    return [j for j in _read_jobs(config.save_path / JOBS_FILE)
+            if j.get("study", config.optuna.study_name) == config.optuna.study_name]
 
 
 def job_states(ids: Sequence[str]) -> dict[str, str]:

@@ -1,0 +1,69 @@
+"""Overrides that hold a secret (a database password) travel to workers out of sight.
+
+``--set optuna:storage=postgresql://user:PASSWORD@host/db`` must reach every worker, but a
+worker's command line is visible to every user of the machine (``ps``), and Slurm jobs are
+pickled by submitit into ``save_path/slurm/`` (often world-readable). When any override holds
+a secret, the whole list (its order matters) goes in the environment variable
+``HYPER_OPT_OVERRIDES`` instead: ``/proc/PID/environ`` is readable by the owner only, local
+workers inherit it from ``optimize``, Slurm jobs from ``sbatch`` (which exports the submitting
+environment), and the worker removes it from its own environment before user code runs. The
+safest choice is still no password in any URL: PostgreSQL reads ``PGPASSWORD`` or ``~/.pgpass``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+
+from hyper_opt.config import mask_url
+from hyper_opt.exceptions import ConfigError
+
+ENV = "HYPER_OPT_OVERRIDES"
+_SECRET_KEYS = ("password", "passwd", "secret", "token")
+
+
+def is_secret(override: str) -> bool:
+    """True when the override's value holds a password (a URL with one) or its key names one."""
+    key, _, value = override.partition("=")
+    return mask_url(value) != value or any(k in key.lower() for k in _SECRET_KEYS)
+
+
+def for_worker(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the overrides for a worker's argv, the environment entries that carry the rest)."""
+    if any(is_secret(o) for o in overrides):
+        return [], {ENV: json.dumps(list(overrides))}
+    return list(overrides), {}
+
+
+def take_from_env(argv_overrides: Sequence[str], environ: MutableMapping[str, str] | None = None, *,
+                  keep: bool = False) -> list[str]:
+    """The overrides a worker was given: from ``HYPER_OPT_OVERRIDES`` when set (then removed
+    from the environment unless ``keep``), else the ones on its command line."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV) if keep else environ.pop(ENV, None)
+    if text is None:
+        return list(argv_overrides)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError([f"the environment variable {ENV} must hold a JSON list of --set overrides"])
+    return [*value, *(o for o in argv_overrides if o not in value)]
+
+
+@contextlib.contextmanager
+def exported(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` in this process's environment for the block (what ``sbatch`` passes on)."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,212 @@
+"""storage.py: the retry classifier, the budget lock and the trial counts, on real storages."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+
+from hyper_opt.exceptions import StorageRefusedError
+from hyper_opt.storage import REFUSE, RETRY, diagnose, with_db_retry
+
+from .conftest import write_search
+
+
+def _with_password(url: str, password: str) -> str:
+    return sqlalchemy.make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _optimize_fast(tmp_path: Path, storage: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    s = write_search(tmp_path / "s", optuna={"storage": storage, "n_trials": 2})  # db_retry_seconds: 600
+    started = time.monotonic()
+    proc = s.cli("optimize", "hyper.yml", "model.yml", timeout=120)
+    return proc, time.monotonic() - started
+
+
+@pytest.mark.postgres
+def test_a_wrong_password_fails_at_once_with_one_clear_message(tmp_path: Path, pg_url: str) -> None:
+    proc, took = _optimize_fast(tmp_path, _with_password(pg_url, "not-the-password"))
+    assert proc.returncode == 2, proc.stderr
+    assert took < 30, f"retried for {took:.0f} s"
+    assert "password authentication failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "not-the-password" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.postgres
+def test_a_missing_database_fails_at_once(tmp_path: Path, pg_url: str) -> None:
+    proc, took = _optimize_fast(tmp_path, str(sqlalchemy.make_url(pg_url).set(database="no_such_db_hyper_opt")
+                                              .render_as_string(hide_password=False)))
+    assert proc.returncode == 2, proc.stderr
+    assert took < 30, f"retried for {took:.0f} s"
+    assert "does not exist" in proc.stderr and "createdb" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_that_is_not_sqlite_fails_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2})
+    s.save_path.mkdir(parents=True)
+    (s.save_path / "hyper_opt.db").write_bytes(b"this is not a database" * 100)
+    proc = s.cli("optimize", "hyper.yml", "model.yml", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "not an sqlite database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sqlite_database_is_locked_is_retried_until_the_lock_goes(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.execute("CREATE TABLE t (x INTEGER)")
+        setup.commit()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    calls = []
+
+    def write() -> int:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            holder.execute("COMMIT")  # the other process lets go
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("INSERT INTO t VALUES (1)"))
+        return len(calls)
+
+    with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("INSERT INTO t VALUES (0)"))
+    assert diagnose(caught.value) == (RETRY, "the sqlite file is locked by another process")
+    assert with_db_retry(write, seconds=30, what="writing") >= 2
+    holder.close()
+
+
+def test_full_and_read_only_disks_are_refused_not_retried() -> None:
+    import errno
+
+    calls = []
+
+    def full() -> None:
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageRefusedError, match="disk is full"):
+        with_db_retry(full, seconds=30, what="recording trial 3")
+    assert len(calls) == 1
+    assert diagnose(OSError(errno.EROFS, "Read-only file system"))[0] == REFUSE
+    assert diagnose(ValueError("not a storage problem")) is None
+
+
+def _opened(tmp_path: Path, storage: str | None = None):  # type: ignore[no-untyped-def]
+    from hyper_opt.config import load_config
+    from hyper_opt.study import open_study
+
+    s = write_search(tmp_path / "s", optuna={"storage": storage} if storage else None)
+    config, _ = load_config(s.hyper, s.model)
+    return open_study(config, create=True)
+
+
+def _every_state(opened) -> None:  # type: ignore[no-untyped-def]
+    import optuna
+
+    study = opened.study
+    study.enqueue_trial({"x": 1.0})  # WAITING
+    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "COMPLETE"):
+        trial = study.ask()
+        if state != "RUNNING":
+            study.tell(trial, 1.0 if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+
+
+def _slow_counts(opened) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    out: dict[str, int] = {}
+    for t in opened.storage.get_all_trials(opened.study_id):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_counts_match_get_all_trials(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    from hyper_opt.study import counts
+
+    opened = _opened(tmp_path, request.getfixturevalue("pg_url") if backend == "postgres" else None)
+    try:
+        _every_state(opened)
+        fast = {k: v for k, v in counts(opened).items() if v}
+        assert fast == _slow_counts(opened) == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "RUNNING": 1}
+    finally:
+        opened.lock.close()
+
+
+class _FakeEngine:
+    """An engine whose GROUP BY answers ``rows`` or raises ``error``."""
+
+    def __init__(self, rows: list[tuple[str, int]] | None = None, error: Exception | None = None) -> None:
+        self.rows, self.error = rows, error
+
+    @contextlib.contextmanager
+    def connect(self):  # type: ignore[no-untyped-def]
+        engine = self
+
+        class Conn:
+            def execute(self, *args: object):  # type: ignore[no-untyped-def]
+                if engine.error is not None:
+                    raise engine.error
+
+                class Result:
+                    def fetchall(self) -> list[tuple[str, int]]:
+                        return engine.rows or []
+
+                return Result()
+
+        yield Conn()
+
+
+@pytest.mark.parametrize("engine", [
+    _FakeEngine(error=sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: trials"))),
+    _FakeEngine(rows=[("COMPLETE", 2), ("PAUSED", 3)]),  # a state this optuna does not know
+], ids=["sqlite-schema-error", "unknown-state"])
+def test_counts_fall_back_to_the_public_api_instead_of_crashing_or_dropping(
+        tmp_path: Path, engine: _FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyper_opt.study import counts
+
+    opened = _opened(tmp_path)
+    try:
+        _every_state(opened)
+        monkeypatch.setattr(opened.storage, "engine", engine)
+        assert {k: v for k, v in counts(opened).items() if v} == _slow_counts(opened)
+    finally:
+        opened.lock.close()
+
+
+def _lock_spec(tmp_path: Path, storage: str | None = None):  # type: ignore[no-untyped-def]
+    from hyper_opt.config import load_config
+
+    s = write_search(tmp_path / "lock", optuna={"storage": storage} if storage else None)
+    return load_config(s.hyper, s.model)[0].optuna
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_budget_lock_nests_and_a_hung_holder_gives_an_error_not_a_hang(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    from hyper_opt.exceptions import StorageError
+    from hyper_opt.storage import BudgetLock
+
+    spec = _lock_spec(tmp_path, request.getfixturevalue("pg_url") if backend == "postgres" else None)
+    holder, waiter = BudgetLock(spec), BudgetLock(spec, timeout_s=1.5)
+    try:
+        holder.acquire()
+        holder.acquire()  # nested (the objective may take it again)
+        holder.release()
+        assert holder.held
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="stayed taken"):
+            waiter.acquire()  # the holder still has it after the inner release
+        assert time.monotonic() - started < 10
+        holder.release()
+        assert not holder.held
+        waiter.acquire()  # free now
+        waiter.release()
+    finally:
+        holder.close()
+        waiter.close()
