@@ -32,6 +32,7 @@ from typing import Any
 
 from hyper_opt.config import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
+from hyper_opt.launch.job import plan_workers, start_workers, visible_gpus  # noqa: F401 - visible_gpus re-exported
 from hyper_opt.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -195,32 +196,18 @@ class JobMain:
 
     def plan(self, env: Mapping[str, str]) -> list[str]:
         """CUDA_VISIBLE_DEVICES for each worker of this job ("" for a CPU worker)."""
-        gpus = visible_gpus(env)
-        if self.gpus_per_node and len(gpus) > self.gpus_per_node:
-            gpus = gpus[: self.gpus_per_node]
-        if not gpus:
-            return [""] * (max(self.gpus_per_node, 1) * self.tasks_per_worker)
-        return [gpu for gpu in gpus for _ in range(self.tasks_per_worker)]
+        return plan_workers(env, gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker)
 
     def __call__(self) -> dict[str, Any]:
         plan = self.plan(os.environ)
         n = len(plan)
-        base = self.job_index * n
         from hyper_opt.launch.slurm_env import job_deadline
 
         end = job_deadline()
-        deadline = ["--deadline", f"{end - self.stop_margin_s:.0f}"] if end else []
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: {n} worker(s), GPUs {plan}", flush=True)
-        for i, gpu in enumerate(plan):
-            env = dict(os.environ)
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-            cmd = [sys.executable, "-m", "hyper_opt.run", self.hyper_path]
-            if self.model_path:
-                cmd.append(self.model_path)
-            cmd += ["--worker-index", str(base + i), *deadline]
-            for override in self.overrides:
-                cmd += ["--set", override]
-            self._procs.append(subprocess.Popen(cmd, env=env))
+        self._procs.extend(start_workers(plan, hyper_path=self.hyper_path, model_path=self.model_path,
+                                         overrides=self.overrides, job_index=self.job_index,
+                                         deadline=end - self.stop_margin_s if end else None))
         codes = [p.wait() for p in self._procs]
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: workers exited with {codes}", flush=True)
         return {"exit_codes": codes, "workers": n}
@@ -265,15 +252,6 @@ class JobMain:
             return True
 
 
-def visible_gpus(env: Mapping[str, str]) -> list[str]:
-    """The GPUs Slurm gave the job: CUDA_VISIBLE_DEVICES, else SLURM_JOB_GPUS; never nvidia-smi."""
-    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
-        value = env.get(key, "").strip()
-        if value and value not in ("NoDevFiles", "-1"):
-            return [g.strip() for g in value.split(",") if g.strip()]
-    return []
-
-
 def _jobs_needed(config: HyperConfig, remaining: int) -> int:
     spec = _spec(config)
     per_job = spec.workers_per_job
@@ -309,21 +287,23 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     return ids
 
 
-def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path) -> None:
+def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path, *, scheduler: str = "slurm") -> None:
+    """Append submitted job ids to ``save_path/slurm_jobs.json`` (Slurm's and PBS's jobs alike)."""
     path = config.save_path / JOBS_FILE
-    data = recorded_jobs(config)
+    data = json.loads(path.read_text()) if path.exists() else []
     now = dt.datetime.now().isoformat(timespec="seconds")
-    data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name}
-             for i in ids]
+    data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name,
+              "scheduler": scheduler} for i in ids]
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def recorded_jobs(config: HyperConfig) -> list[dict[str, Any]]:
+def recorded_jobs(config: HyperConfig, scheduler: str | None = "slurm") -> list[dict[str, Any]]:
+    """This study's recorded jobs of one scheduler (all of them with ``scheduler=None``)."""
     path = config.save_path / JOBS_FILE
     if not path.exists():
         return []
     return [j for j in json.loads(path.read_text()) if j.get("study", config.optuna.study_name)
-            == config.optuna.study_name]
+            == config.optuna.study_name and scheduler in (None, j.get("scheduler", "slurm"))]
 
 
 def job_states(ids: Sequence[str]) -> dict[str, str]:
@@ -357,13 +337,36 @@ def job_state_lines(config: HyperConfig) -> list[str]:
     return lines
 
 
+def requested_gpus(params: Mapping[str, Any]) -> int | None:
+    """GPUs per job asked for through gres/gpus options (None when none are)."""
+    for key in ("gres", "gpus", "gpus-per-node"):
+        text = str(params.get(key, ""))
+        for item in text.split(","):
+            parts = item.strip().split(":")
+            if key == "gres" and parts[0] != "gpu":
+                continue
+            if parts and parts[-1].isdigit():
+                return int(parts[-1])
+    return None
+
+
+def worker_label(gpus_per_node: int, tasks_per_worker: int, gpus: int | None) -> str:
+    """How a job's workers use GPUs, for --dry-run (one worker per GPU the job is given)."""
+    if gpus_per_node:
+        return f"{gpus_per_node} GPU slot(s) x {tasks_per_worker} task(s)"
+    if gpus:
+        return f"GPU workers: one per GPU the job gets ({gpus}) x {tasks_per_worker} task(s)"
+    return "CPU workers"
+
+
 def dry_run(config: HyperConfig) -> None:
     """Print the plan and the job script exactly as it would be submitted; submit nothing."""
     spec = _spec(config)
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
-    slots = (f"{spec.gpus_per_node} GPU slot(s) x {spec.tasks_per_worker} task(s)" if spec.gpus_per_node
-             else "CPU workers")
+    gpus = requested_gpus(sbatch_parameters(config))
+    slots = worker_label(spec.gpus_per_node, spec.tasks_per_worker, gpus)
+    workers = spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
     print(f"launch     {n_jobs} Slurm job(s){' as one array' if spec.array else ''}, "
-          f"{spec.workers_per_job} worker(s) each ({slots}); jobs folder {spec.folder}")
+          f"{workers} worker(s) each ({slots}); jobs folder {spec.folder}")
     print("job script:")
     print(sbatch_script(config))
