@@ -84,6 +84,11 @@ def test_separate_jobs_differ_only_in_job_index(tmp_path: Path) -> None:
     assert a.replace("--job-index 0", "--job-index 2").replace("job 0 of", "job 2 of") == b
 
 
+def test_python_of_the_job_can_be_set(tmp_path: Path) -> None:
+    config = _config(tmp_path, {**CASPER, "python": "conda run -n echo python"})
+    assert "\nexec conda run -n echo python -m hyper_opt.launch.job " in pbs.job_script(config)
+
+
 def test_overrides_reach_the_workers_quoted(tmp_path: Path) -> None:
     s = write_search(tmp_path / "s", extra={"pbs": CASPER}, model={"model": {"x": 0.0}, "name": "a"})
     config = load_config(s.hyper, s.model, overrides=["optuna:n_trials=7", "model:name=a b"])[0]
@@ -302,3 +307,31 @@ def test_status_and_cancel_through_fake_qstat_and_qdel(tmp_path: Path) -> None:
     assert "cancelled 1 PBS job(s): 4158733.casper-pbs" in cancel.stdout
     assert "qdel 4158733.casper-pbs" in calls.read_text()
     assert "qstat -x -f 4158733.casper-pbs" in calls.read_text()
+
+
+def test_job_deadline_from_qstat_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyper_opt.launch.pbs_env import job_deadline
+
+    bin_dir = tmp_path / "bin"
+    _fake(bin_dir, "qstat", f'[ "$1 $2" = "-f 4158733.casper-pbs" ] && cat {GOLDEN / "qstat_f_pbspro_running.txt"}\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    start = time.mktime(time.strptime("Tue Mar 12 09:15:02 2024", "%a %b %d %H:%M:%S %Y"))
+    assert job_deadline({"PBS_JOBID": "4158733.casper-pbs"}) == start + 43200
+    assert job_deadline({}) is None
+
+
+def test_the_job_passes_sigterm_to_its_workers() -> None:
+    import signal
+    import subprocess
+
+    from hyper_opt.launch.job import forward_signals, wait_all
+
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    restore = forward_signals(procs)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert wait_all(procs) == [-signal.SIGTERM, -signal.SIGTERM]
+    finally:
+        restore()
+        for p in procs:
+            p.kill()

@@ -229,7 +229,7 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
     setup = [*spec.bash, *([spec.kernel] if spec.kernel else [])]
     if setup:
         lines += ["", "# setup (pbs:bash, then pbs:kernel)", *setup]
-    cmd = [sys.executable, "-m", "hyper_opt.launch.job", str(config.hyper_path)]
+    cmd = ["-m", "hyper_opt.launch.job", str(config.hyper_path)]
     if config.model_path is not None:
         cmd.append(str(config.model_path))
     cmd += ["--job-index", str(job_index), "--gpus-per-node", str(spec.gpus_per_node),
@@ -239,7 +239,7 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
     for override in config.overrides:
         cmd += ["--set", override]
     lines += ["", "# the workers: gpus_per_node x tasks_per_worker, one GPU each (hyper_opt.launch.job)",
-              "exec " + " ".join(shlex.quote(c) for c in cmd), ""]
+              f"exec {spec.python or shlex.quote(sys.executable)} " + " ".join(shlex.quote(c) for c in cmd), ""]
     return "\n".join(lines)
 
 
