@@ -10,6 +10,7 @@ The syntax it does not cover is tested with golden files and recorded PBS Pro ou
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import shutil
@@ -21,6 +22,7 @@ import optuna
 import pytest
 
 from .conftest import IN_CI, Search, write_search
+from .test_pbs_unit import RESEARCH
 from .test_slurm import SLEEPY, _sacct_states, _wait_jobs_done
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
@@ -89,6 +91,39 @@ def test_echo_opt_torch_pbs_section_submits_through_qsub_and_finishes(tmp_path: 
     assert "BASH-LINE-RAN" in _logs(s), "pbs.bash lines ran before the workers"
     status = s.cli("status", "hyper.yml", check=True)
     assert "finished 6/6" in status.stdout and "PBS jobs (1):" in status.stdout
+
+
+def _research_search(tmp_path: Path, pg_url: str, project: str) -> Search:
+    """A project's own section, only queue and account changed and the bash lines made harmless."""
+    section = copy.deepcopy(RESEARCH[project])
+    section["batch"].update(q="debug", A="root")
+    section["bash"] = ["echo BASH-LINE-RAN"]
+    return _search(tmp_path, pg_url, pbs=section, n_trials=2, sleep=0.1, steps=2)
+
+
+def test_research_project_pbs_section_submits_and_finishes(tmp_path: Path, pg_url: str, torque_qsub: str) -> None:
+    # miles-holodec: gpu_type=v100 as its own -l line (this wrapper ignores it); jobs: 10 shrink
+    # to the 2 that 2 trials need.
+    s = _research_search(tmp_path, pg_url, "miles-holodec")
+    proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert "submitted 2 PBS job(s)" in proc.stdout
+    ids = _job_ids(s)
+    states = _wait_jobs_done(ids, timeout=240)
+    assert set(states.values()) == {"COMPLETED"}, (states, _logs(s))
+    study = _study(s, pg_url)
+    finished = [t for t in study.trials if t.state == TS.COMPLETE]
+    assert len(finished) == 2 and len(study.trials) == 2
+    assert all(t.user_attrs["cuda_visible_devices"].isdigit() for t in finished)
+
+
+def test_a_refusal_by_the_real_qsub_is_one_clear_error(tmp_path: Path, pg_url: str, torque_qsub: str) -> None:
+    # miles-credit's select=1:ncpus=8:ngpus=1:mem=128GB:cpu_type=milan is valid PBS Pro, but
+    # sbatch's #PBS reader takes "128GB:cpu_type=milan" for the memory and refuses the job.
+    s = _research_search(tmp_path, pg_url, "miles-credit")
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "qsub refused the job" in proc.stderr and "Invalid --mem specification" in proc.stderr
+    assert not (s.save_path / "slurm_jobs.json").exists(), "nothing was submitted"
 
 
 def test_gpu_jobs_status_and_cancel(tmp_path: Path, pg_url: str, torque_qsub: str) -> None:

@@ -32,6 +32,27 @@ DERECHO = {"jobs": 4, "array": True, "gpus_per_node": 4, "tasks_per_worker": 2, 
                      "A": "UCSU0001", "q": "main", "j": "oe", "r": "y", "m": "n", "V": True, "h": False,
                      "W": "depend=afterok:123.desched1", "o": "/glade/derecho/scratch/me/logs"}}
 
+# Research projects' own pbs sections (echo-opt users on NCAR's Casper and Derecho).
+RESEARCH = {
+    "miles-holodec": {"jobs": 10, "tasks_per_worker": 1, "gpus_per_node": 1,
+                      "bash": ["source ~/.bashrc", "conda activate holodec"],
+                      "batch": {"N": "echo-holo", "A": "NAML0001", "q": "casper", "o": "out", "e": "out",
+                                "l": ["select=1:ncpus=8:ngpus=1:mem=128GB", "walltime=12:00:00", "gpu_type=v100"]}},
+    "miles-credit": {"jobs": 30, "tasks_per_worker": 1, "gpus_per_node": 1,
+                     "bash": ["source ~/.bashrc", "conda activate holodec"],
+                     "batch": {"N": "echo-vit", "A": "NAML0001", "q": "casper", "o": "out", "e": "out",
+                               "l": ["select=1:ncpus=8:ngpus=1:mem=128GB:cpu_type=milan", "walltime=12:00:00",
+                                     "gpu_type=a100"]}},
+    "seals-ml": {"jobs": 10, "gpus_per_node": 4, "bash": ["source ~/.bashrc", "conda activate seals_20240515"],
+                 "batch": {"l": ["select=1:ncpus=64:ngpus=4:mem=128GB", "walltime=12:00:00"], "A": "NRAL0033",
+                           "q": "main", "N": "seals-echo", "o": "/glade/derecho/scratch/dgagne/seals_echo/",
+                           "e": "/glade/derecho/scratch/dgagne/seals_echo/"}},
+    "mlmicrophysics": {"jobs": 20, "bash": ["source ~/.bashrc", "conda activate mlmicro"],
+                       "batch": {"l": ["select=1:ncpus=16:ngpus=1:mem=384GB", "walltime=24:00:00", "gpu_type=v100"],
+                                 "A": "P93300606", "q": "casper", "N": "echo_trial", "o": "echo_trial.out",
+                                 "e": "echo_trial.err"}},
+}
+
 
 def _config(tmp_path: Path, section: dict, **kw):  # type: ignore[no-untyped-def]
     s = write_search(tmp_path / "s", extra={"pbs": section}, **kw)
@@ -67,6 +88,19 @@ def test_casper_section_directives(tmp_path: Path) -> None:
     assert script.index('cd "${PBS_O_WORKDIR') < script.index("source ~/.bashrc") < script.index("conda activate echo")
     assert script.index("conda activate echo") < script.index("-m hyper_opt.launch.job")
     assert "--gpus-per-node 1 --tasks-per-worker 1 --stop-margin 60 --walltime 43200" in script
+
+
+@pytest.mark.parametrize("project", sorted(RESEARCH))
+def test_research_projects_pbs_sections_pass_unchanged(tmp_path: Path, project: str) -> None:
+    section = RESEARCH[project]
+    config = _config(tmp_path, section)
+    opts = pbs.as_mapping(pbs.directives(config))
+    assert opts["l"] == section["batch"]["l"] and opts["N"] == [section["batch"]["N"]]
+    script = pbs.job_script(config)
+    assert all(f"#PBS -l {item}" in script for item in section["batch"]["l"])
+    assert pbs.walltime_s(pbs.directives(config)) in (43200, 86400)
+    if section["batch"]["o"].startswith("/"):
+        assert opts["o"] == [section["batch"]["o"]]
 
 
 def test_defaults_name_and_gpus(tmp_path: Path) -> None:
