@@ -243,9 +243,17 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
     return "\n".join(lines)
 
 
+def workers_per_job(config: HyperConfig) -> int:
+    """Workers in each job: gpus_per_node x tasks_per_worker, or one per GPU of the ``select``
+    (x tasks_per_worker) when gpus_per_node is not given."""
+    spec = _spec(config)
+    gpus = requested_gpus(directives(config))
+    return spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
+
+
 def _jobs_needed(config: HyperConfig, remaining: int) -> int:
     spec = _spec(config)
-    return max(1, min(spec.jobs, -(-remaining // spec.workers_per_job)))
+    return max(1, min(spec.jobs, -(-remaining // workers_per_job(config))))
 
 
 def _is_slurm_wrapper(qsub: str) -> bool:
@@ -317,7 +325,7 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
         if ids:
             record_jobs(config, ids, folder, scheduler="pbs")
     kind = "one PBS job array" if spec.array and n_jobs > 1 else f"{len(ids)} PBS job(s)"
-    print(f"submitted {kind}: {' '.join(ids)} ({spec.workers_per_job} worker(s) each)")
+    print(f"submitted {kind}: {' '.join(ids)} ({workers_per_job(config)} worker(s) each)")
     print(f"job scripts: {folder}")
     print(f"follow it with: hyper-opt status {config.hyper_path}")
     return ids
@@ -410,7 +418,7 @@ def dry_run(config: HyperConfig) -> None:
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
     gpus = requested_gpus(opts)
     slots = worker_label(spec.gpus_per_node, spec.tasks_per_worker, gpus)
-    workers = spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
+    workers = workers_per_job(config)
     array = spec.array and n_jobs > 1
     print(f"launch     {n_jobs} PBS job(s){' as one array' if array else ''} with qsub, "
           f"{workers} worker(s) each ({slots}); scripts in {config.save_path / 'pbs'}")
