@@ -225,7 +225,7 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
     what = "array of" if spec.array and n_jobs > 1 else f"job {job_index} of"
     lines += [f"# hyper_opt: study {config.optuna.study_name!r}, {what} {n_jobs} job(s)", "",
               "# PBS starts a job in $HOME: run where qsub ran (save_path), as the predecessors did",
-              'cd "${PBS_O_WORKDIR:-.}"']
+              'cd "$PBS_O_WORKDIR"']
     setup = [*spec.bash, *([spec.kernel] if spec.kernel else [])]
     if setup:
         lines += ["", "# setup (pbs:bash, then pbs:kernel)", *setup]

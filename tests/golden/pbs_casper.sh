@@ -9,7 +9,7 @@
 # hyper_opt: study '<STUDY>', job 0 of 1 job(s)
 
 # PBS starts a job in $HOME: run where qsub ran (save_path), as the predecessors did
-cd "${PBS_O_WORKDIR:-.}"
+cd "$PBS_O_WORKDIR"
 
 # setup (pbs:bash, then pbs:kernel)
 source ~/.bashrc

@@ -13,7 +13,7 @@
 # hyper_opt: study '<STUDY>', array of 4 job(s)
 
 # PBS starts a job in $HOME: run where qsub ran (save_path), as the predecessors did
-cd "${PBS_O_WORKDIR:-.}"
+cd "$PBS_O_WORKDIR"
 
 # setup (pbs:bash, then pbs:kernel)
 conda activate 'my env'
