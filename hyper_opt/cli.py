@@ -21,6 +21,8 @@ from hyper_opt.exceptions import HyperOptError
 logger = logging.getLogger("hyper_opt")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SCHEDULERS = ("slurm", "pbs")
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
 
 
 def setup_logging(level: str = "INFO", *, debug: bool = False, log_file: Path | None = None) -> None:
@@ -63,13 +65,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, model: str = "requi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyper-opt", description="Hyperparameter searches with optuna, "
-                                     "on one machine or as Slurm jobs.")
+                                     "on one machine or as Slurm or PBS jobs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("optimize", help="create or continue the study and run its workers")
     add_common_arguments(p)
-    p.add_argument("--local", action="store_true", help="run on this machine even if a slurm section exists")
+    p.add_argument("--local", action="store_true", help="run on this machine even if a slurm or pbs section exists")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="which section submits when the file has both slurm and pbs (default: the one "
+                        "whose submit command, sbatch or qsub, is on PATH)")
     p.add_argument("--workers", type=int, metavar="N", help="local worker processes (local:workers)")
     p.add_argument("--reload", action="store_true", help="continue an existing study (optuna:reload: 1)")
     p.add_argument("--replace", action="store_true",
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _MODULE_COMMANDS = (
-    ("cancel", "hyper_opt.launch.cancel", "cancel the study's Slurm jobs; their running trials are retried"),
+    ("cancel", "hyper_opt.launch.cancel", "cancel the study's Slurm or PBS jobs; their running trials are retried"),
     ("report", "hyper_opt.report", "write trials.csv, best.yml, plots and a summary under save_path/report"),
     ("rerun", "hyper_opt.rerun", "run the objective once with one trial's parameters, outside the study"),
     ("test", "hyper_opt.metric_learning.evaluate", "evaluate a metric-learning trial on the held-out test classes"),
@@ -144,27 +149,34 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
                     config.model_path.name if config.model_path else "the model config", ", ".join(missing))
-    use_slurm = config.slurm is not None and not args.local
-    if config.slurm is None and config.pbs is not None and not args.local:
-        logger.warning("the pbs section is read but hyper_opt submits to Slurm only; running locally")
+    scheduler = choose_scheduler(config, local=args.local, wanted=args.scheduler, dry_run=args.dry_run)
+    use_scheduler = scheduler is not None
     spec = config.optuna
     if args.dry_run:
         print(f"study      {spec.study_name} in {describe(spec.storage)}")
         print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
         print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
-        if use_slurm:
+        if scheduler == "pbs":
+            from hyper_opt.launch.pbs import dry_run as pbs_dry_run
+
+            pbs_dry_run(config)
+        elif scheduler == "slurm":
             from hyper_opt.launch.slurm import dry_run
 
             dry_run(config)
         else:
             print(f"launch     {config.local_workers} local worker process(es)")
         return EXIT_OK
-    if use_slurm:
+    if scheduler == "pbs":
+        from hyper_opt.launch.pbs import directives
+
+        directives(config)  # refuse malformed qsub options before the study exists
+    elif scheduler == "slurm":
         from hyper_opt.launch.slurm import sbatch_parameters
 
         sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
     opened = open_study(config, create=True, check_reload=True, replace=args.replace)
-    if use_slurm or spec.heartbeat_interval:
+    if use_scheduler or spec.heartbeat_interval:
         from hyper_opt.study import fail_stale_trials
 
         fail_stale_trials(opened.study)  # a resumed study first re-queues dead trials
@@ -173,8 +185,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
               f"{spec.n_trials}); raise optuna:n_trials to run more.")
         return EXIT_OK
-    if use_slurm:
-        from hyper_opt.launch.slurm import submit
+    if use_scheduler:
+        if scheduler == "pbs":
+            from hyper_opt.launch.pbs import submit
+        else:
+            from hyper_opt.launch.slurm import submit
 
         submit(config, opened, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
         opened.lock.close()
@@ -201,6 +216,47 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             pass
     print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
     return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
+
+
+def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) -> str | None:  # type: ignore[no-untyped-def]
+    """Which scheduler submits the jobs: None to run here (``--local``, or no slurm/pbs section).
+
+    Never the login node by accident: a file with a slurm (pbs) section is refused when sbatch
+    (qsub) is not on PATH, unless ``--local`` asks for this machine. A file with both sections
+    takes ``--scheduler``; without it, the one whose submit command is on PATH, and when both or
+    neither are, it asks. ``--dry-run`` needs no submit command.
+    """
+    import shutil
+
+    from hyper_opt.exceptions import SubmissionError
+
+    present = [name for name in SCHEDULERS if getattr(config, name) is not None]
+    if local or not present:
+        if wanted:
+            raise SubmissionError(f"--scheduler {wanted} and --local contradict each other" if local else
+                                  f"--scheduler {wanted}: the file has no {wanted} section")
+        return None
+    if wanted:
+        if wanted not in present:
+            raise SubmissionError(f"--scheduler {wanted}: {config.hyper_path} has no {wanted} section "
+                                  f"(it has: {', '.join(present)})")
+        chosen = wanted
+    elif len(present) == 1:
+        chosen = present[0]
+    else:
+        on_path = [name for name in present if shutil.which(SUBMIT_COMMANDS[name])]
+        if len(on_path) != 1:
+            found = "both sbatch and qsub are" if on_path else "neither sbatch nor qsub is"
+            raise SubmissionError(f"{config.hyper_path} has both a slurm and a pbs section and {found} on "
+                                  "PATH: pass --scheduler slurm or --scheduler pbs (or --local to run here)")
+        chosen = on_path[0]
+        logger.info("both slurm and pbs sections: using %s (%s is on PATH)", chosen, SUBMIT_COMMANDS[chosen])
+    command = SUBMIT_COMMANDS[chosen]
+    if not dry_run and shutil.which(command) is None:
+        raise SubmissionError(f"the {chosen} section asks for {chosen} jobs, but {command} is not on PATH: "
+                              f"run this on a {chosen.upper() if chosen == 'pbs' else 'Slurm'} login node, "
+                              "or pass --local to run the search on this machine")
+    return chosen
 
 
 def cmd_run(args: argparse.Namespace) -> int:

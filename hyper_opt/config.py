@@ -66,7 +66,7 @@ OPTUNA_KEYS = (
 )
 SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array",
               "folder", "signal_delay_s", "python")
-PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker")
+PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array", "python")
 LOCAL_KEYS = ("workers",)
 LOG_KEYS = ("save_path", "level")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

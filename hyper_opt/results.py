@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import optuna
 
 # Run context recorded as user attributes when a trial starts.
-CONTEXT_ATTRS = ("hostname", "slurm_job_id", "cuda_visible_devices")
+CONTEXT_ATTRS = ("hostname", "slurm_job_id", "pbs_job_id", "cuda_visible_devices")
 FIXED_HEAD = ("number", "state")
 FIXED_TAIL = ("duration_s", *CONTEXT_ATTRS, "retry_of", "error")
 

@@ -36,11 +36,15 @@ def status_lines(config: HyperConfig) -> list[str]:
     for t in running[:20]:
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0
         lines.append(f"  running trial {t.number} for {age:.0f} s on {t.user_attrs.get('hostname', '?')} "
-                     f"job {t.user_attrs.get('slurm_job_id') or '-'} gpu {t.user_attrs.get('cuda_visible_devices') or '-'}")
+                     f"job {t.user_attrs.get('slurm_job_id') or t.user_attrs.get('pbs_job_id') or '-'} gpu {t.user_attrs.get('cuda_visible_devices') or '-'}")
     if config.slurm is not None:
         from hyper_opt.launch.slurm import job_state_lines
 
         lines += job_state_lines(config)
+    if config.pbs is not None:
+        from hyper_opt.launch.pbs import job_state_lines as pbs_job_state_lines
+
+        lines += pbs_job_state_lines(config)
     opened.lock.close()
     return lines
 

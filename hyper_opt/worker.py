@@ -122,6 +122,7 @@ def run_context() -> dict[str, str]:
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", "") and
         f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
         or os.environ.get("SLURM_JOB_ID", ""),
+        "pbs_job_id": os.environ.get("PBS_JOBID", ""),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "worker_pid": str(os.getpid()),
     }

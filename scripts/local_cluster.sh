@@ -36,7 +36,8 @@ N_FAKE_GPUS=4
 # (users' configs say e.g. gpu:v100:1); HYPER_OPT_SLURM_GPU_TYPE= (empty) gives untyped gpu:4.
 GPU_TYPE=${HYPER_OPT_SLURM_GPU_TYPE-v100}
 WAIT_TIMEOUT=${HYPER_OPT_CLUSTER_TIMEOUT:-60}
-PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server postgresql)
+# slurm-wlm-torque: qsub/qstat/qdel that translate PBS options onto this Slurm (PBS tests)
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server postgresql slurm-wlm-torque)
 HOST=$(hostname -s)
 
 # ----------------------------------------------------------------------------- helpers

@@ -137,6 +137,10 @@ def test_reference_config_loads(name: str) -> None:
     # except num_dense, which shows a parameter meant for custom_updates.
     assert set(missing_model_paths(config, model or {})) <= {"num_dense"}
     sbatch_parameters(config)  # the slurm section passes the launcher's checks too
+    if config.pbs is not None:
+        from hyper_opt.launch.pbs import directives
+
+        directives(config)  # and so does the pbs section
 
 
 def test_keras_slurm_variant_loads() -> None:

@@ -1,6 +1,6 @@
-"""``hyper-opt cancel HYPER.yml``: cancel the study's Slurm jobs; their running trials are retried.
+"""``hyper-opt cancel HYPER.yml``: cancel the study's Slurm or PBS jobs; their running trials are retried.
 
-``scancel`` ends the jobs; the trials those jobs were running are then marked FAIL and, within
+``scancel`` (``qdel`` for PBS jobs) ends the jobs; the trials those jobs were running are then marked FAIL and, within
 ``optuna:max_retry``, re-queued with the same parameters, so that a later ``optimize --reload``
 runs them again instead of finding them RUNNING forever.
 """
@@ -30,24 +30,32 @@ def run(args: argparse.Namespace) -> int:
 
     config, _ = load_from_args(args)
     jobs = [j["job_id"] for j in recorded_jobs(config)]
-    if not jobs:
-        print("no Slurm jobs recorded for this study")
+    pbs_jobs = [j["job_id"] for j in recorded_jobs(config, "pbs")]
+    if not jobs and not pbs_jobs:
+        print("no Slurm or PBS jobs recorded for this study")
         return 0
-    if shutil.which("scancel") is None:
-        raise SubmissionError("scancel is not on PATH: run this on a Slurm login node")
-    states = job_states(jobs)
-    active = [j for j, s in states.items() if s in ACTIVE or s == "?"]
-    if active:
-        proc = subprocess.run(["scancel", *active], capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise SubmissionError(f"scancel {' '.join(active)} failed: {proc.stderr.strip()}")
-        print(f"cancelled {len(active)} job(s): {' '.join(active)}")
-        _wait_gone(active)
-    else:
-        print("no active jobs to cancel")
+    if pbs_jobs:
+        from hyper_opt.launch.pbs import cancel_jobs
+
+        cancelled = cancel_jobs(pbs_jobs)
+        print(f"cancelled {len(cancelled)} PBS job(s): {' '.join(cancelled)}" if cancelled
+              else "no active PBS jobs to cancel")
+    if jobs:
+        if shutil.which("scancel") is None:
+            raise SubmissionError("scancel is not on PATH: run this on a Slurm login node")
+        states = job_states(jobs)
+        active = [j for j, s in states.items() if s in ACTIVE or s == "?"]
+        if active:
+            proc = subprocess.run(["scancel", *active], capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise SubmissionError(f"scancel {' '.join(active)} failed: {proc.stderr.strip()}")
+            print(f"cancelled {len(active)} job(s): {' '.join(active)}")
+            _wait_gone(active)
+        else:
+            print("no active jobs to cancel")
     opened = open_study(config, create=False)
     try:
-        retried = fail_trials_of_jobs(opened, jobs)
+        retried = fail_trials_of_jobs(opened, jobs + pbs_jobs)
     finally:
         opened.lock.close()
     print(f"{len(retried)} running trial(s) marked FAIL and re-queued: {retried}" if retried
@@ -69,16 +77,16 @@ def fail_trials_of_jobs(opened, job_ids: list[str]) -> list[int]:  # type: ignor
     """Mark RUNNING trials of these jobs FAIL and re-queue copies (within max_retry)."""
     import optuna
 
-    wanted = {str(j) for j in job_ids}
+    wanted = {str(j) for j in job_ids} | {_job_key(str(j)) for j in job_ids}
     callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     done = []
     for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
-        job = str(trial.user_attrs.get("slurm_job_id", ""))
-        if job not in wanted and job.split("_")[0] not in wanted:
+        job = str(trial.user_attrs.get("slurm_job_id", "") or trial.user_attrs.get("pbs_job_id", ""))
+        if not job or (job not in wanted and _job_key(job) not in wanted):
             continue
         trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
         try:
-            opened.storage.set_trial_user_attr(trial_id, "error", f"Slurm job {job} was cancelled")
+            opened.storage.set_trial_user_attr(trial_id, "error", f"job {job} was cancelled")
             opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -86,3 +94,8 @@ def fail_trials_of_jobs(opened, job_ids: list[str]) -> list[int]:  # type: ignor
             callback(opened.study, opened.storage.get_trial(trial_id))
         done.append(trial.number)
     return done
+
+
+def _job_key(job: str) -> str:
+    """A job id without array index or server (``77_3`` -> ``77``, ``1234[3].srv`` -> ``1234``)."""
+    return job.split(".")[0].split("[")[0].split("_")[0]

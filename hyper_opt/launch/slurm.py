@@ -33,6 +33,8 @@ from typing import Any
 from hyper_opt import secrets
 from hyper_opt.config import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
+from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
+                                  visible_gpus)
 from hyper_opt.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -152,34 +154,6 @@ def setup_lines(spec: SchedulerSpec) -> list[str]:
     return [*spec.bash, *([spec.kernel] if spec.kernel else [])]
 
 
-PYTHON_VAR = "HYPER_OPT_PYTHON"
-
-
-def interpreter(spec: SchedulerSpec, *, fallback: str | None = None) -> tuple[list[str], str]:
-    """The shell lines that choose the job's Python, and how to name it in the job's command.
-
-    ``python`` in the section names it outright. Otherwise, when ``bash``/``kernel`` lines are
-    given they set up the environment (``conda activate env``, ``module load``), as they did with
-    echo-opt: the job runs the ``python`` they put on PATH, after checking that it imports
-    hyper_opt and submitit; where it does not, the job says so in its log and runs the
-    submitting interpreter instead. Without such lines, the submitting interpreter runs.
-    """
-    fallback = fallback or sys.executable
-    if spec.python:
-        return [], spec.python
-    if not setup_lines(spec):
-        return [], shlex.quote(fallback)
-    quoted = shlex.quote(fallback)
-    lines = [
-        f'{PYTHON_VAR}="$(command -v python || command -v python3)"',
-        f'if [ -z "${PYTHON_VAR}" ] || ! "${PYTHON_VAR}" -c "import hyper_opt, submitit" >/dev/null 2>&1; then',
-        f'  echo "hyper_opt: the python set up by the bash/kernel lines (${{{PYTHON_VAR}:-none on PATH}}) cannot '
-        f'import hyper_opt and submitit; running {quoted} instead (install hyper_opt in that environment, '
-        f'or set python: in this section)" >&2',
-        f"  {PYTHON_VAR}={quoted}",
-        "fi",
-    ]
-    return lines, f'"${PYTHON_VAR}"'
 
 
 def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
@@ -226,32 +200,18 @@ class JobMain:
 
     def plan(self, env: Mapping[str, str]) -> list[str]:
         """CUDA_VISIBLE_DEVICES for each worker of this job ("" for a CPU worker)."""
-        gpus = visible_gpus(env)
-        if self.gpus_per_node and len(gpus) > self.gpus_per_node:
-            gpus = gpus[: self.gpus_per_node]
-        if not gpus:
-            return [""] * (max(self.gpus_per_node, 1) * self.tasks_per_worker)
-        return [gpu for gpu in gpus for _ in range(self.tasks_per_worker)]
+        return plan_workers(env, gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker)
 
     def __call__(self) -> dict[str, Any]:
         plan = self.plan(os.environ)
         n = len(plan)
-        base = self.job_index * n
         from hyper_opt.launch.slurm_env import job_deadline
 
         end = job_deadline()
-        deadline = ["--deadline", f"{end - self.stop_margin_s:.0f}"] if end else []
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: {n} worker(s), GPUs {plan}", flush=True)
-        for i, gpu in enumerate(plan):
-            env = dict(os.environ)
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-            cmd = [sys.executable, "-m", "hyper_opt.run", self.hyper_path]
-            if self.model_path:
-                cmd.append(self.model_path)
-            cmd += ["--worker-index", str(base + i), *deadline]
-            for override in self.overrides:
-                cmd += ["--set", override]
-            self._procs.append(subprocess.Popen(cmd, env=env))
+        self._procs.extend(start_workers(plan, hyper_path=self.hyper_path, model_path=self.model_path,
+                                         overrides=self.overrides, job_index=self.job_index,
+                                         deadline=end - self.stop_margin_s if end else None))
         codes = [p.wait() for p in self._procs]
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: workers exited with {codes}", flush=True)
         if codes and all(code != 0 for code in codes):  # sacct then says FAILED, not COMPLETED
@@ -300,27 +260,6 @@ class JobMain:
             return True
 
 
-def gres_gpus(gres: str) -> int:
-    """GPUs per node asked for by an sbatch ``--gres`` value (``gpu:v100:2`` -> 2, ``gpu`` -> 1)."""
-    total = 0
-    for part in gres.split(","):
-        fields = part.strip().split(":")
-        if fields[0] != "gpu":
-            continue
-        count = fields[-1] if len(fields) > 1 else "1"
-        total += int(count) if count.isdigit() else 1
-    return total
-
-
-def visible_gpus(env: Mapping[str, str]) -> list[str]:
-    """The GPUs Slurm gave the job: CUDA_VISIBLE_DEVICES, else SLURM_JOB_GPUS; never nvidia-smi."""
-    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
-        value = env.get(key, "").strip()
-        if value and value not in ("NoDevFiles", "-1"):
-            return [g.strip() for g in value.split(",") if g.strip()]
-    return []
-
-
 def _jobs_needed(config: HyperConfig, remaining: int) -> int:
     spec = _spec(config)
     per_job = spec.workers_per_job
@@ -365,9 +304,10 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     return ids
 
 
-def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path) -> None:
-    """Append the jobs to ``slurm_jobs.json`` (read-modify-write under a file lock: two
-    ``optimize`` runs at once must not drop each other's jobs)."""
+def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path, *, scheduler: str = "slurm") -> None:
+    """Append submitted job ids to ``save_path/slurm_jobs.json`` (Slurm's and PBS's jobs alike),
+    read-modify-written under a file lock: two ``optimize`` runs at once must not drop each
+    other's jobs."""
     import fcntl
 
     path = config.save_path / JOBS_FILE
@@ -376,8 +316,8 @@ def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path) -> None:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         data = _read_jobs(path)
         now = dt.datetime.now().isoformat(timespec="seconds")
-        data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name}
-                 for i in ids]
+        data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name,
+                  "scheduler": scheduler} for i in ids]
         atomic_write_text(path, json.dumps(data, indent=2))
 
 
@@ -387,16 +327,18 @@ def _read_jobs(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as err:
-        raise SubmissionError(f"{path} cannot be read ({err}); it lists the study's Slurm jobs: fix it, "
+        raise SubmissionError(f"{path} cannot be read ({err}); it lists the study's jobs: fix it, "
                               "or move it away to forget them") from None
     if not isinstance(data, list) or not all(isinstance(j, dict) and "job_id" in j for j in data):
         raise SubmissionError(f"{path} is not a list of jobs; fix it, or move it away to forget them")
     return data
 
 
-def recorded_jobs(config: HyperConfig) -> list[dict[str, Any]]:
+def recorded_jobs(config: HyperConfig, scheduler: str | None = "slurm") -> list[dict[str, Any]]:
+    """This study's recorded jobs of one scheduler (all of them with ``scheduler=None``)."""
     return [j for j in _read_jobs(config.save_path / JOBS_FILE)
-            if j.get("study", config.optuna.study_name) == config.optuna.study_name]
+            if j.get("study", config.optuna.study_name) == config.optuna.study_name
+            and scheduler in (None, j.get("scheduler", "slurm"))]
 
 
 def job_states(ids: Sequence[str]) -> dict[str, str]:
@@ -430,13 +372,35 @@ def job_state_lines(config: HyperConfig) -> list[str]:
     return lines
 
 
+def requested_gpus(params: Mapping[str, Any]) -> int | None:
+    """GPUs per job asked for through gres/gpus options (None when none are)."""
+    for key in ("gres", "gpus", "gpus-per-node"):
+        text = str(params.get(key, ""))
+        for item in text.split(","):
+            parts = item.strip().split(":")
+            if key == "gres" and parts[0] != "gpu":
+                continue
+            if parts and parts[-1].isdigit():
+                return int(parts[-1])
+    return None
+
+
+def worker_label(gpus_per_node: int, tasks_per_worker: int, gpus: int | None) -> str:
+    """How a job's workers use GPUs, for --dry-run (one worker per GPU the job is given)."""
+    if gpus_per_node:
+        return f"{gpus_per_node} GPU slot(s) x {tasks_per_worker} task(s)"
+    if gpus:
+        return f"GPU workers: one per GPU the job gets ({gpus}) x {tasks_per_worker} task(s)"
+    return "CPU workers"
+
+
 def dry_run(config: HyperConfig) -> None:
     """Print the plan and the job script exactly as it would be submitted; submit nothing."""
     spec = _spec(config)
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
-    gpus = spec.gpus_per_node or gres_gpus(str(sbatch_parameters(config).get("gres", "")))
-    slots = f"{gpus} GPU slot(s) x {spec.tasks_per_worker} task(s)" if gpus else "CPU workers"
-    workers = max(gpus, 1) * spec.tasks_per_worker
+    gpus = requested_gpus(sbatch_parameters(config))
+    slots = worker_label(spec.gpus_per_node, spec.tasks_per_worker, gpus)
+    workers = spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
     print(f"launch     {n_jobs} Slurm job(s){' as one array' if spec.array else ''}, "
           f"{workers} worker(s) each ({slots}); jobs folder {spec.folder}")
     print("job script:")
