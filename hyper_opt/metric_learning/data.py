@@ -69,10 +69,10 @@ def _plain(value: Any) -> Any:
 class ArrayData(LabeledData):
     """Data held in memory as one array/tensor."""
 
-    def __init__(self, data: Any, labels: Sequence[Any]) -> None:
+    def __init__(self, data: Any, labels: Sequence[Any], *, class_names: Sequence[Any] | None = None) -> None:
         import torch
 
-        super().__init__(labels)
+        super().__init__(labels, class_names=class_names)
         tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
         if tensor.dtype == torch.float64:
             tensor = tensor.float()
@@ -300,8 +300,21 @@ def blobs(*, num_classes: int = 10, samples_per_class: int = 40, num_features: i
     return ArrayData(x.astype(np.float32), y.astype(np.int64))
 
 
+def glyphs(*, image_size: int = 32, samples_per_class: int = 20, seed: int = 0,
+           scripts: Sequence[str] | None = None, min_faces: int = 8, cache: bool = True) -> ArrayData:
+    """Characters drawn in the fonts matplotlib ships, one class per character (about 240),
+    ``samples_per_class`` distorted drawings each, as 1 x image_size x image_size images in [0, 1]
+    (see :mod:`hyper_opt.metric_learning.glyphs`); cached under the user's cache folder."""
+    from hyper_opt.metric_learning.glyphs import SCRIPTS, load_glyphs
+
+    images, labels, classes, _ = load_glyphs(image_size=image_size, samples_per_class=samples_per_class,
+                                             seed=seed, scripts=tuple(scripts or SCRIPTS), min_faces=min_faces,
+                                             cache=cache)
+    return ArrayData(images.astype(np.float32) / 255.0, labels, class_names=classes)
+
+
 BUILTIN_DATASETS: dict[str, Callable[..., LabeledData]] = {
-    "digits": digits, "blobs": blobs, "image_folder": image_folder, "cub200": cub200,
+    "digits": digits, "glyphs": glyphs, "blobs": blobs, "image_folder": image_folder, "cub200": cub200,
     "cars196": cars196, "sop": sop,
 }
 PATH_KWARGS = ("root", "dataset_root")
