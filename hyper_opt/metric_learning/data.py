@@ -217,10 +217,16 @@ class ImageData(LabeledData):
                              ImageTransform(train=train, **self.options))
 
 
+def _expand(path: str | Path) -> Path:
+    from hyper_opt.metric_learning.settings import expand_path
+
+    return expand_path(path)
+
+
 def image_folder(root: str | Path, *, image_size: int = 227, resize: int = 256, augment: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> ImageData:
     """``<root>/<class folder>/<image>``: one class per sub-folder (as torchvision's ImageFolder)."""
-    root = Path(root)
+    root = _expand(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     paths, labels = [], []
@@ -236,7 +242,7 @@ def image_folder(root: str | Path, *, image_size: int = 227, resize: int = 256, 
 
 def cub200(dataset_root: str | Path, **options: Any) -> ImageData:
     """CUB-200-2011 as powerful-benchmarker lays it out: ``<dataset_root>/cub2011/CUB_200_2011/images``."""
-    return image_folder(Path(dataset_root) / "cub2011" / "CUB_200_2011" / "images", **options)
+    return image_folder(_expand(dataset_root) / "cub2011" / "CUB_200_2011" / "images", **options)
 
 
 def cars196(dataset_root: str | Path, **options: Any) -> ImageData:
@@ -244,7 +250,7 @@ def cars196(dataset_root: str | Path, **options: Any) -> ImageData:
     ``annotations`` hold ``relative_im_path`` (``car_ims/000001.jpg``) and ``class`` (1..196)."""
     from scipy.io import loadmat
 
-    folder = Path(dataset_root) / "cars196"
+    folder = _expand(dataset_root) / "cars196"
     annos = folder / "cars_annos.mat"
     if not annos.is_file():
         raise FileNotFoundError(f"Cars196 annotations not found: {annos}")
@@ -260,7 +266,7 @@ def sop(dataset_root: str | Path, **options: Any) -> ImageData:
     ``<dataset_root>/Stanford_Online_Products/Ebay_train.txt`` and ``Ebay_test.txt`` (header
     ``image_id class_id super_class_id path``); both files are read (the search makes its own
     class-disjoint splits)."""
-    folder = Path(dataset_root) / "Stanford_Online_Products"
+    folder = _expand(dataset_root) / "Stanford_Online_Products"
     paths, labels = [], []
     for name in ("Ebay_train.txt", "Ebay_test.txt"):
         info = folder / name

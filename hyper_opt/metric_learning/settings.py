@@ -245,11 +245,26 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
 # --------------------------------------------------------------------------- validation
 
 
-def resolve_path(value: str, base_dir: Path | None) -> Path:
-    """``~`` and ``$VARIABLES`` expanded; relative to ``base_dir`` (the model config's folder)."""
+def expand_path(value: str | Path) -> Path:
+    """``$VARIABLES`` / ``${VARIABLES}`` and a leading ``~`` expanded, as a shell would (a variable
+    that is not set stays as written; :func:`unset_variables` names it)."""
     import os
 
-    path = Path(os.path.expandvars(value)).expanduser()
+    return Path(os.path.expanduser(os.path.expandvars(str(value))))
+
+
+def unset_variables(value: str) -> list[str]:
+    """The ``$NAME`` / ``${NAME}`` in ``value`` that the environment does not set."""
+    import os
+    import re
+
+    names = [a or b for a, b in re.findall(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", value)]
+    return list(dict.fromkeys(n for n in names if n not in os.environ))
+
+
+def resolve_path(value: str, base_dir: Path | None) -> Path:
+    """``~`` and ``$VARIABLES`` expanded; relative to ``base_dir`` (the model config's folder)."""
+    path = expand_path(value)
     if path.is_absolute() or base_dir is None:
         return path
     return (base_dir / path).resolve()
@@ -333,7 +348,7 @@ def _check_dataset(conf: Mapping[str, Any], out: _Problems, base_dir: Path | Non
     if conf.get("dataset") is None:
         return
     try:
-        options, _ = comp.alternatives(conf["dataset"], "dataset")
+        options, chosen = comp.alternatives(conf["dataset"], "dataset")
     except comp.SpecError as err:
         out.append(str(err))
         return
@@ -341,9 +356,17 @@ def _check_dataset(conf: Mapping[str, Any], out: _Problems, base_dir: Path | Non
 
     for option in options:
         out.extend(comp.check("dataset", option))
+        if option.name != chosen:  # the roots of datasets the config does not use need not exist here
+            continue
         for key in PATH_KWARGS:
             value = option.kwargs.get(key)
-            if isinstance(value, str) and base_dir is not None and not resolve_path(value, base_dir).exists():
+            if not isinstance(value, str) or base_dir is None:
+                continue
+            unset = unset_variables(value)
+            if unset:
+                out.append(f"{option.path}:{key}: environment variable {', '.join('$' + v for v in unset)} "
+                           f"is not set (in {value!r})")
+            elif not resolve_path(value, base_dir).exists():
                 out.append(f"{option.path}:{key}: folder not found: {value!r} (looked for "
                            f"{resolve_path(value, base_dir)})")
 
