@@ -31,7 +31,7 @@ COMPONENT_SECTIONS = ("models", "loss_funcs", "mining_funcs", "sampler", "optimi
                       "trainer", "dataset")
 SCALAR_KEYS = ("seed", "batch_size", "iterations_per_epoch", "max_epochs", "patience", "fold_schedule",
                "dataloader_num_workers", "torch_threads", "model_def_fn", "loss_weights", "splits",
-               "evaluation")
+               "evaluation", "mixed_precision")
 TOP_KEYS = COMPONENT_SECTIONS + SCALAR_KEYS + ("optuna",)
 SPLIT_KEYS = ("test_size", "test_start_idx", "num_training_partitions", "num_training_sets", "shuffle_classes")
 EVAL_KEYS = ("metric", "metrics", "knn", "normalize_embeddings", "batch_size")
@@ -94,6 +94,7 @@ class Settings:
     dataloader_num_workers: int = 0
     torch_threads: int | None = None  # None: 1 thread on CPU (workers share the cores)
     model_def_fn: str | None = None  # an optuna-metric-learning model-definition file
+    mixed_precision: bool = False  # autocast float16 + GradScaler on CUDA devices (ignored on CPU)
     splits: SplitSettings = SplitSettings()
     evaluation: EvalSettings = EvalSettings()
 
@@ -228,6 +229,7 @@ def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
         dataloader_num_workers=out.int(conf, "dataloader_num_workers", "dataloader_num_workers", 0, minimum=0),
         torch_threads=out.int(conf, "torch_threads", "torch_threads", None, minimum=1, nullable=True),
         model_def_fn=model_def_fn,
+        mixed_precision=out.bool(conf, "mixed_precision", "mixed_precision", False),
         splits=splits,
         evaluation=evaluation,
     )
@@ -315,6 +317,10 @@ def problems(conf: Mapping[str, Any], *, parameters: Sequence[ParameterSpec] = (
             for key in keys:
                 if key not in present:
                     out.append(f"{section}:{key}: {trainer.name} needs it")
+    from hyper_opt.metric_learning import trainer_options
+
+    out.extend(trainer_options.problems(trainer.kwargs, trainer.path or "trainer",
+                                        targets=None if model_def else [*model_roles, *loss_roles]))
     if trainer.name == "DeepAdversarialMetricLearning":
         try:
             g_adv = comp.selected((conf.get("loss_funcs") or {}).get("g_adv_loss"), "loss_funcs:g_adv_loss")
