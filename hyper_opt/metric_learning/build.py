@@ -308,8 +308,11 @@ def build_trainer(conf: Mapping[str, Any], settings: Settings, fd: FoldData, *, 
     embedding_sizes = trainer_component.kwargs.get("embedding_sizes")
     models, context = build_models(conf, example=example_batch(fd.train), num_classes=fd.num_classes,
                                    device=device, batch_size=settings.batch_size, embedding_sizes=embedding_sizes)
-    losses = build_losses(conf, context, device=device)
-    miners = build_miners(conf, context)
+    from hyper_opt.metric_learning.records import collecting_statistics
+
+    with collecting_statistics(settings.tensorboard and settings.tensorboard_statistics):
+        losses = build_losses(conf, context, device=device)
+        miners = build_miners(conf, context)
     sampler = build_sampler(conf, context, fd.train_labels)
     optimizers = build_optimizers(conf, context, {**models, **losses})
     schedulers = build_schedulers(conf, context, optimizers)

@@ -184,6 +184,8 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     rows = [{"model": name, **values} for name, values in scores.items()]
     results.atomic_write_text(trial_dir / RESULTS_CSV, results.to_csv(rows, ["model", *metrics]))
     report["files"] = [str(trial_dir / RESULTS_YAML), str(trial_dir / RESULTS_CSV)]
+    if (trial_dir / "tensorboard").is_dir():
+        report["tensorboard"] = f"tensorboard --logdir {trial_dir.parent}"
     return report
 
 
@@ -264,5 +266,7 @@ def format_report(report: Mapping[str, Any]) -> str:
              "model".ljust(16) + "".join(m.rjust(width) for m in metrics)]
     for name, values in scores.items():
         lines.append(name.ljust(16) + "".join(f"{values[m]:.4f}".rjust(width) for m in metrics))
+    if report.get("tensorboard"):
+        lines.append(f"training records: {report['tensorboard']}")
     lines.append("results: " + ", ".join(report.get("files", [])))
     return "\n".join(lines)

@@ -31,7 +31,7 @@ COMPONENT_SECTIONS = ("models", "loss_funcs", "mining_funcs", "sampler", "optimi
                       "trainer", "dataset")
 SCALAR_KEYS = ("seed", "batch_size", "iterations_per_epoch", "max_epochs", "patience", "fold_schedule",
                "dataloader_num_workers", "torch_threads", "model_def_fn", "loss_weights", "splits",
-               "evaluation", "mixed_precision")
+               "evaluation", "mixed_precision", "tensorboard")
 TOP_KEYS = COMPONENT_SECTIONS + SCALAR_KEYS + ("optuna",)
 SPLIT_KEYS = ("test_size", "test_start_idx", "num_training_partitions", "num_training_sets", "shuffle_classes")
 EVAL_KEYS = ("metric", "metrics", "knn", "normalize_embeddings", "batch_size")
@@ -95,6 +95,8 @@ class Settings:
     torch_threads: int | None = None  # None: 1 thread on CPU (workers share the cores)
     model_def_fn: str | None = None  # an optuna-metric-learning model-definition file
     mixed_precision: bool = False  # autocast float16 + GradScaler on CUDA devices (ignored on CPU)
+    tensorboard: bool = False  # event files per trial and fold (see hyper_opt.metric_learning.records)
+    tensorboard_statistics: bool = False  # also the losses' and miners' own statistics
     splits: SplitSettings = SplitSettings()
     evaluation: EvalSettings = EvalSettings()
 
@@ -230,9 +232,22 @@ def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
         torch_threads=out.int(conf, "torch_threads", "torch_threads", None, minimum=1, nullable=True),
         model_def_fn=model_def_fn,
         mixed_precision=out.bool(conf, "mixed_precision", "mixed_precision", False),
+        **_tensorboard(conf.get("tensorboard", False), out),
         splits=splits,
         evaluation=evaluation,
     )
+
+
+def _tensorboard(value: Any, out: _Problems) -> dict[str, bool]:
+    """``tensorboard: true | false | {statistics: true}``."""
+    if isinstance(value, bool):
+        return {"tensorboard": value, "tensorboard_statistics": False}
+    if isinstance(value, Mapping):
+        out.unknown(value, ("statistics",), "tensorboard")
+        return {"tensorboard": True,
+                "tensorboard_statistics": out.bool(value, "statistics", "tensorboard:statistics", False)}
+    out.append(f"tensorboard: must be true, false or {{statistics: true}}, got {value!r}")
+    return {"tensorboard": False, "tensorboard_statistics": False}
 
 
 def read_settings(conf: Mapping[str, Any]) -> Settings:
