@@ -79,3 +79,48 @@ def test_cache_can_be_turned_off_and_bad_options_are_named(cache_home):
                        ({"scripts": ["klingon"]}, "scripts"), ({"min_faces": 0}, "min_faces")):
         with pytest.raises(ValueError, match=match):
             g.load_glyphs(**{**SMALL, **bad})
+
+
+def test_faiss_and_torch_knn_agree_on_glyphs():
+    from hyper_opt.metric_learning.evaluation import accuracy, faiss_available, make_calculator
+
+    if not faiss_available():
+        pytest.skip("faiss is not installed")
+    images, labels, _ = g.build_glyphs(image_size=16, samples_per_class=6, scripts=("digits", "latin"))
+    x = torch.nn.functional.normalize(torch.as_tensor(images, dtype=torch.float32).reshape(len(images), -1), dim=1)
+    y = torch.as_tensor(labels)
+    metrics = ("mean_average_precision_at_r", "precision_at_1", "r_precision")
+    by_faiss = accuracy(make_calculator(metrics, knn="faiss"), x, y)
+    by_torch = accuracy(make_calculator(metrics, knn="torch"), x, y)
+    assert by_faiss == pytest.approx(by_torch, abs=1e-6)
+    assert 0.05 < by_torch["mean_average_precision_at_r"] < 0.9
+
+
+def _torchvision_works() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - a CUDA build of torchvision beside a CPU torch fails at import
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _torchvision_works(), reason="torchvision (matching the installed torch) is not importable")
+def test_a_torchvision_trunk_with_random_weights_trains_on_glyphs(tmp_path, cache_home):
+    optuna = pytest.importorskip("optuna")
+    from hyper_opt.metric_learning.objective import Objective
+
+    conf = {"dataset": {"glyphs": {"image_size": 16, "samples_per_class": 4, "scripts": ["digits", "greek"]}},
+            "splits": {"test_size": 0.3, "num_training_partitions": 2, "num_training_sets": 1},
+            "models": {"trunk": [{"Conv2d": {"out_channels": 3, "kernel_size": 1}},
+                                 {"TorchvisionModel": {"name": "resnet18", "weights": None}}],
+                       "embedder": {"MLP": {"output_size": 16}}},
+            "loss_funcs": {"metric_loss": "ContrastiveLoss"},
+            "optimizers": {"trunk_optimizer": {"Adam": {"lr": 1e-3}}, "embedder_optimizer": {"Adam": {"lr": 1e-3}}},
+            "batch_size": 16, "iterations_per_epoch": 2, "max_epochs": 1, "evaluation": {"knn": "torch"}}
+    study = optuna.create_study(direction="maximize")
+    objective = Objective(conf, "mean_average_precision_at_r", "cpu")
+    objective.bind(parameters=(), custom_updates=None, device="cpu", study=study, save_path=tmp_path / "out")
+    study.optimize(objective, n_trials=1, catch=())
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    state = torch.load(tmp_path / "out" / "metric_learning" / "trial_0" / "fold_0" / "trunk.pth", weights_only=True)
+    assert any(k.startswith("1.layer4") for k in state)  # the ResNet-18 trunk was trained and saved
