@@ -190,6 +190,7 @@ def run(*, quick: bool, seeds: Sequence[int] | None = None, n_trials: int | None
     jobs = [(s, seed) for seed in seeds for s in strategies]
     results: list[dict[str, Any]] = []
     with common.scratch("search", keep=keep) as root:
+        print(f"  searches in {root}", file=sys.stderr)
         pending = list(jobs)
         running: list[tuple[subprocess.Popen[bytes], str, int, Path, Path, Path, float]] = []
         while pending or running:
@@ -395,6 +396,31 @@ def markdown(data: dict[str, Any]) -> str:
     return text
 
 
+def collect(folders: Sequence[Path], *, quick: bool, n_trials: int | None = None) -> dict[str, Any]:
+    """The data :func:`run` returns, read back from searches on disk (finished ones only: a
+    search counts when its ``hyper-opt test`` wrote test_results.yml)."""
+    names = {name.replace(" ", "").replace("+", "_"): name for name in STRATEGIES}
+    results = []
+    for root in folders:
+        for folder in sorted(Path(root).iterdir()):
+            strategy, _, seed = folder.name.rpartition("-")
+            tested = sorted((folder / "results" / "metric_learning").glob("trial_*/test_results.yml"),
+                            key=lambda f: f.stat().st_mtime)
+            if strategy not in names or not tested:
+                continue
+            hyper = folder / "hyperparameters.yml"
+            results.append({"strategy": names[strategy], "seed": int(seed), "trials": read_trials(folder, hyper),
+                            "wall_s": None, "returncode": 0,
+                            "test": yaml.safe_load(tested[-1].read_text())["results"]})
+    results.sort(key=lambda r: (r["seed"], list(STRATEGIES).index(r["strategy"])))
+    seeds = sorted({r["seed"] for r in results})
+    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in results)]
+    return {"results": results, "seeds": seeds, "n_trials": n_trials or (6 if quick else 16),
+            "model_overrides": {**BENCH_MODEL, **(QUICK_MODEL if quick else {})},
+            "optuna_overrides": {"sampler": {"n_startup_trials": 3 if quick else 6}},
+            "mode_detail": "quick" if quick else "full", "strategies": strategies, "load": {}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
@@ -402,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 trials of 3 epochs per search (default: 16 of 4)")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds per strategy (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST_SEED, FIRST_SEED + 1, ...")
+    parser.add_argument("--keep", action="store_true", help="keep the searches' folders (printed at the start)")
+    parser.add_argument("--collect", type=Path, nargs="+", metavar="FOLDER",
+                        help="instead of running: read the finished searches in these scratch folders "
+                             "(e.g. of runs split across processes or stopped early) and write --out")
     parser.add_argument("--trials", type=int, help="trials per search (pruned searches run 1.5 times as many)")
     parser.add_argument("--parallel", type=int, default=2, help="searches side by side (default 2)")
     parser.add_argument("--out", type=Path, default=common.OUT / "search_efficiency.json", help="results JSON")
@@ -410,9 +441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         data = json.loads(args.out.read_text())
+    elif args.collect:
+        data = collect(args.collect, quick=args.quick, n_trials=args.trials)
+        data["command"] = "python -m benchmarks.search_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(data, indent=1, default=str))
     else:
         started = time.time()
-        data = run(quick=args.quick, seeds=list(range(args.seeds)), n_trials=args.trials, parallel=args.parallel)
+        data = run(quick=args.quick, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
+                   n_trials=args.trials, parallel=args.parallel, keep=args.keep)
         data["seconds"] = time.time() - started
         data["command"] = "python -m benchmarks.search_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
