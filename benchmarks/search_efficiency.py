@@ -439,11 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=common.REPO / "docs" / "metric_learning_search_efficiency.png")
     parser.add_argument("--render", action="store_true", help="only redraw the plot and table from --out")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.search_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.render:
         data = json.loads(args.out.read_text())
     elif args.collect:
         data = collect(args.collect, quick=args.quick, n_trials=args.trials)
-        data["command"] = "python -m benchmarks.search_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])
+        data["command"] = command
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=1, default=str))
     else:
@@ -451,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = run(quick=args.quick, seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
                    n_trials=args.trials, parallel=args.parallel, keep=args.keep)
         data["seconds"] = time.time() - started
-        data["command"] = "python -m benchmarks.search_efficiency " + " ".join(argv if argv is not None else sys.argv[1:])
+        data["command"] = command
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=1, default=str))
     if not data.get("skipped"):

@@ -84,4 +84,5 @@ def test_the_setting_is_validated():
 
     assert problems({**CONF, "tensorboard": "yes"}) == ["tensorboard: must be true, false or {statistics: true}, "
                                                         "got 'yes'"]
-    assert problems({**CONF, "tensorboard": {"stats": True}}) == ["tensorboard:stats: unknown key (allowed: statistics)"]
+    assert problems({**CONF, "tensorboard": {"stats": True}}) == [
+        "tensorboard:stats: unknown key (allowed: statistics)"]

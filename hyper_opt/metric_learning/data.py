@@ -218,7 +218,7 @@ class ImageData(LabeledData):
 
 
 def _expand(path: str | Path) -> Path:
-    from hyper_opt.metric_learning.settings import expand_path
+    from hyper_opt.metric_learning.paths import expand_path
 
     return expand_path(path)
 

@@ -126,7 +126,7 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     _apply_model_overrides(conf, config.overrides)
     base_dir = (config.model_path or config.hyper_path).resolve().parent
     if model_def_fn is not None:
-        from hyper_opt.metric_learning.settings import expand_path
+        from hyper_opt.metric_learning.paths import expand_path
 
         conf["model_def_fn"] = str(expand_path(model_def_fn).resolve())
     metric_name = config.optuna.metrics[0] if len(config.optuna.metrics) == 1 else None

@@ -165,7 +165,8 @@ def _homoglyph_free(candidates: list[str], faces: list[list[int]], files: Sequen
 
 
 def build_glyphs(*, image_size: int = 32, samples_per_class: int = 20, seed: int = 0,
-                 scripts: Sequence[str] = tuple(SCRIPTS), min_faces: int = 8) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                 scripts: Sequence[str] = tuple(SCRIPTS),
+                 min_faces: int = 8) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Draw the dataset: ``(images uint8 N x 1 x S x S, labels, class names)`` (no cache)."""
     from PIL import ImageFont
 

@@ -34,7 +34,7 @@ TRAINER_KEYS = ("models", "optimizers", "loss_funcs", "mining_funcs", "loss_weig
 
 def load_model_def(path: Path) -> ModuleType:
     """Import a model-definition file (its folder goes on ``sys.path`` for its own imports)."""
-    from hyper_opt.metric_learning.settings import expand_path
+    from hyper_opt.metric_learning.paths import expand_path
 
     path = expand_path(path).resolve()
     if not path.is_file():

@@ -113,7 +113,8 @@ def _model_def_plan(conf: Mapping[str, Any], settings: Settings, *, trial: Any, 
         weights.update(kwargs.pop("loss_weights", None) or {})
         component, options = b.trainer_kwargs(trainer_component, {**kwargs["models"], **kwargs["loss_funcs"]})
         trainer = comp.build("trainer", component, supplied={
-            **kwargs, **options, "batch_size": batch_size, "dataset": train, "sampler": sampler, "loss_weights": weights,
+            **kwargs, **options, "batch_size": batch_size, "dataset": train, "sampler": sampler,
+            "loss_weights": weights,
             "iterations_per_epoch": settings.iterations_per_epoch, "data_device": device,
             "dataloader_num_workers": settings.dataloader_num_workers,
             "end_of_iteration_hook": iteration_hook, "end_of_epoch_hook": epoch_hook})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt.exceptions import ConfigError
 from hyper_opt.metric_learning import components as comp
+from hyper_opt.metric_learning.paths import expand_path, unset_variables
 
 if TYPE_CHECKING:
     from hyper_opt.config import ParameterSpec
@@ -260,23 +261,6 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def expand_path(value: str | Path) -> Path:
-    """``$VARIABLES`` / ``${VARIABLES}`` and a leading ``~`` expanded, as a shell would (a variable
-    that is not set stays as written; :func:`unset_variables` names it)."""
-    import os
-
-    return Path(os.path.expanduser(os.path.expandvars(str(value))))
-
-
-def unset_variables(value: str) -> list[str]:
-    """The ``$NAME`` / ``${NAME}`` in ``value`` that the environment does not set."""
-    import os
-    import re
-
-    names = [a or b for a, b in re.findall(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", value)]
-    return list(dict.fromkeys(n for n in names if n not in os.environ))
 
 
 def resolve_path(value: str, base_dir: Path | None) -> Path:

@@ -57,7 +57,8 @@ def problems(kwargs: Mapping[str, Any], path: str, *, targets: Sequence[str] | N
     if "gradient_clippers" in kwargs:
         clippers = kwargs["gradient_clippers"]
         if not isinstance(clippers, Mapping):
-            found.append(f"{path}:gradient_clippers: must be a mapping <key>{CLIPPER_SUFFIX}: max_norm, got {clippers!r}")
+            found.append(f"{path}:gradient_clippers: must be a mapping <key>{CLIPPER_SUFFIX}: max_norm, "
+                         f"got {clippers!r}")
             return found
         for key, spec in clippers.items():
             where = f"{path}:gradient_clippers:{key}"
