@@ -159,3 +159,48 @@ def test_optimize_refuses_a_bad_model_config_before_creating_the_study(tmp_path)
     assert "sampler:MPerClass: unknown sampler 'MPerClass'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results" / "hyper_opt.db").exists()
+
+
+def test_only_the_chosen_dataset_root_must_exist_and_variables_are_expanded(tmp_path, monkeypatch):
+    from hyper_opt.metric_learning import data as d
+    from hyper_opt.metric_learning.settings import expand_path, resolve_path, unset_variables
+
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NO_SUCH_VARIABLE", raising=False)
+    (tmp_path / "work" / "alice" / "datasets").mkdir(parents=True)
+    assert expand_path("~/x/$USER/${USER}") == tmp_path / "home" / "x" / "alice" / "alice"
+    assert resolve_path("$USER/data", tmp_path) == tmp_path / "alice" / "data"
+    assert unset_variables("/a/$USER/$NO_SUCH_VARIABLE/${NO_SUCH_VARIABLE}") == ["NO_SUCH_VARIABLE"]
+    root = str(tmp_path / "work" / "$USER" / "datasets")
+    conf = changed(dataset={"choose": "cub200", "cub200": {"dataset_root": root},
+                            "cars196": {"dataset_root": "/nowhere/$NO_SUCH_VARIABLE"},
+                            "sop": {"dataset_root": "/nowhere/$USER"}})
+    assert problems(conf, base_dir=tmp_path) == []
+    conf["dataset"]["digitz"] = {"root": "/nowhere"}  # names of every alternative are still checked
+    assert problems(conf, base_dir=tmp_path)[0].startswith("dataset:digitz: unknown dataset 'digitz'")
+    del conf["dataset"]["digitz"]
+    conf["dataset"]["choose"] = "cars196"
+    assert problems(conf, base_dir=tmp_path)[0] == ("dataset:cars196:dataset_root: environment variable "
+                                                    "$NO_SUCH_VARIABLE is not set (in '/nowhere/$NO_SUCH_VARIABLE')")
+    conf["dataset"]["choose"] = "sop"
+    assert "dataset:sop:dataset_root: folder not found: '/nowhere/$USER' (looked for /nowhere/alice)" in \
+        problems(conf, base_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "home" / "alice" / "cub2011")):
+        d.cub200("~/$USER")  # the loaders expand too, when called directly
+
+
+def test_the_gpu_example_dry_runs_where_only_the_chosen_dataset_exists(tmp_path):
+    example = REPO / "examples" / "torch" / "metric_learning"
+    (tmp_path / "bob" / "datasets").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "USER": "bob", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "hyper_opt", "optimize", "hyperparameters_cub200.yml", "model_config_cub200.yml",
+            "--dry-run", "--set", f"save_path={tmp_path / 'results'}"]
+    proc = subprocess.run([*base, "--set", f"dataset:cub200:dataset_root={tmp_path}/$USER/datasets"],
+                          cwd=example, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr  # cars196's and sop's /glade roots do not exist here: not asked
+    assert "#SBATCH --gres=gpu:1" in proc.stdout
+    proc = subprocess.run(base, cwd=example, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "dataset:cub200:dataset_root: folder not found: '/glade/work/$USER/datasets' " \
+        "(looked for /glade/work/bob/datasets)" in proc.stderr, proc.stderr
+    assert "cars196" not in proc.stderr and "sop" not in proc.stderr

@@ -114,3 +114,21 @@ def test_two_stream_data_queries_the_second_stream():
     dataset = [(x[i], x[i] * 1.01, y[i]) for i in range(3)]  # (anchor, posneg, label)
     got = evaluate({"trunk": torch.nn.Identity()}, dataset, make_calculator(METRICS, knn="torch"))
     assert got["precision_at_1"] == pytest.approx(1.0)
+
+
+def test_raw_input_baseline_flattens_and_normalises_the_inputs(monkeypatch):
+    from hyper_opt.metric_learning import evaluate as ev
+
+    rng = np.random.default_rng(3)
+    labels = torch.tensor(rng.integers(0, 5, size=40))
+    images = torch.tensor(rng.normal(size=(40, 1, 3, 4)), dtype=torch.float32) + labels[:, None, None, None]
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    (emb,), got_labels = ev.raw_input_embeddings(dataset, {"device": "cpu", "batch_size": 7, "normalize": True,
+                                                           "num_workers": 0})
+    flat = images.reshape(40, -1)
+    assert torch.allclose(emb, flat / flat.norm(dim=1, keepdim=True)) and torch.equal(got_labels, labels)
+    calc = make_calculator(METRICS, knn="torch")
+    assert ev._score(calc, [emb], labels) == pytest.approx(brute_force(emb.numpy(), labels.numpy()), abs=1e-6)
+    monkeypatch.setattr(ev, "RAW_INPUT_LIMIT", 40 * 12 - 1)  # too big: skipped, not an error
+    assert ev.raw_input_embeddings(dataset, {"device": "cpu", "batch_size": 7, "normalize": True,
+                                             "num_workers": 0}) is None

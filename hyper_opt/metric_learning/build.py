@@ -260,6 +260,38 @@ def build_schedulers(conf: Mapping[str, Any], context: Mapping[str, Any],
     return schedulers
 
 
+def trainer_kwargs(component: comp.Component, modules: Mapping[str, Any]) -> tuple[comp.Component, dict[str, Any]]:
+    """The trainer component as it is called, and arguments to supply beside it: the YAML's
+    ``gradient_clippers`` as callables on ``modules`` (supplied, so that they are not deep-copied
+    away from the modules they clip; see :mod:`hyper_opt.metric_learning.trainer_options`)."""
+    import dataclasses
+
+    from hyper_opt.metric_learning import trainer_options
+
+    kwargs = dict(component.kwargs)
+    supplied = {}
+    if isinstance(kwargs.get("gradient_clippers"), Mapping):
+        supplied["gradient_clippers"] = trainer_options.gradient_clippers(kwargs.pop("gradient_clippers"), modules)
+    if "freeze_these" in kwargs:
+        kwargs["freeze_these"] = tuple(kwargs["freeze_these"])
+    return dataclasses.replace(component, kwargs=kwargs), supplied
+
+
+def maybe_mixed_precision(trainer: Any, settings: Settings, device: Any) -> Any:
+    """With ``mixed_precision`` on a CUDA device, the trainer trains under autocast with a
+    gradient scaler; on a CPU the setting is ignored with a warning."""
+    if not settings.mixed_precision:
+        return trainer
+    import torch
+
+    if torch.device(device).type != "cuda":
+        logger.warning("mixed_precision: ignored on %s (float16 autocast needs a CUDA device)", device)
+        return trainer
+    from hyper_opt.metric_learning.trainer_options import enable_mixed_precision
+
+    return enable_mixed_precision(trainer)
+
+
 @dataclass
 class Built:
     """What one fold trains: the trainer and the modules it holds."""
@@ -276,8 +308,11 @@ def build_trainer(conf: Mapping[str, Any], settings: Settings, fd: FoldData, *, 
     embedding_sizes = trainer_component.kwargs.get("embedding_sizes")
     models, context = build_models(conf, example=example_batch(fd.train), num_classes=fd.num_classes,
                                    device=device, batch_size=settings.batch_size, embedding_sizes=embedding_sizes)
-    losses = build_losses(conf, context, device=device)
-    miners = build_miners(conf, context)
+    from hyper_opt.metric_learning.records import collecting_statistics
+
+    with collecting_statistics(settings.tensorboard and settings.tensorboard_statistics):
+        losses = build_losses(conf, context, device=device)
+        miners = build_miners(conf, context)
     sampler = build_sampler(conf, context, fd.train_labels)
     optimizers = build_optimizers(conf, context, {**models, **losses})
     schedulers = build_schedulers(conf, context, optimizers)
@@ -292,11 +327,13 @@ def build_trainer(conf: Mapping[str, Any], settings: Settings, fd: FoldData, *, 
     train_dataset = fd.train
     if trainer_component.name == "TwoStreamMetricLoss" and len(fd.train[0]) == 2:
         train_dataset = PairedStreams(fd.train, fd.train_labels)
-    trainer = comp.build("trainer", trainer_component, context, supplied={
+    trainer_component, options = trainer_kwargs(trainer_component, {**models, **losses})
+    trainer = comp.build("trainer", trainer_component, context, supplied={**options,
         "models": models, "optimizers": optimizers, "batch_size": settings.batch_size, "loss_funcs": losses,
         "dataset": train_dataset, "mining_funcs": miners, "iterations_per_epoch": settings.iterations_per_epoch,
         "data_device": device, "loss_weights": weights, "sampler": sampler, "lr_schedulers": schedulers,
         "dataloader_num_workers": settings.dataloader_num_workers,
         "end_of_iteration_hook": end_of_iteration_hook, "end_of_epoch_hook": end_of_epoch_hook,
     })
+    trainer = maybe_mixed_precision(trainer, settings, device)
     return Built(trainer=trainer, models=trainer.models, val=fd.val)

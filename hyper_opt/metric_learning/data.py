@@ -69,10 +69,10 @@ def _plain(value: Any) -> Any:
 class ArrayData(LabeledData):
     """Data held in memory as one array/tensor."""
 
-    def __init__(self, data: Any, labels: Sequence[Any]) -> None:
+    def __init__(self, data: Any, labels: Sequence[Any], *, class_names: Sequence[Any] | None = None) -> None:
         import torch
 
-        super().__init__(labels)
+        super().__init__(labels, class_names=class_names)
         tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
         if tensor.dtype == torch.float64:
             tensor = tensor.float()
@@ -217,10 +217,16 @@ class ImageData(LabeledData):
                              ImageTransform(train=train, **self.options))
 
 
+def _expand(path: str | Path) -> Path:
+    from hyper_opt.metric_learning.paths import expand_path
+
+    return expand_path(path)
+
+
 def image_folder(root: str | Path, *, image_size: int = 227, resize: int = 256, augment: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> ImageData:
     """``<root>/<class folder>/<image>``: one class per sub-folder (as torchvision's ImageFolder)."""
-    root = Path(root)
+    root = _expand(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     paths, labels = [], []
@@ -236,7 +242,7 @@ def image_folder(root: str | Path, *, image_size: int = 227, resize: int = 256, 
 
 def cub200(dataset_root: str | Path, **options: Any) -> ImageData:
     """CUB-200-2011 as powerful-benchmarker lays it out: ``<dataset_root>/cub2011/CUB_200_2011/images``."""
-    return image_folder(Path(dataset_root) / "cub2011" / "CUB_200_2011" / "images", **options)
+    return image_folder(_expand(dataset_root) / "cub2011" / "CUB_200_2011" / "images", **options)
 
 
 def cars196(dataset_root: str | Path, **options: Any) -> ImageData:
@@ -244,7 +250,7 @@ def cars196(dataset_root: str | Path, **options: Any) -> ImageData:
     ``annotations`` hold ``relative_im_path`` (``car_ims/000001.jpg``) and ``class`` (1..196)."""
     from scipy.io import loadmat
 
-    folder = Path(dataset_root) / "cars196"
+    folder = _expand(dataset_root) / "cars196"
     annos = folder / "cars_annos.mat"
     if not annos.is_file():
         raise FileNotFoundError(f"Cars196 annotations not found: {annos}")
@@ -260,7 +266,7 @@ def sop(dataset_root: str | Path, **options: Any) -> ImageData:
     ``<dataset_root>/Stanford_Online_Products/Ebay_train.txt`` and ``Ebay_test.txt`` (header
     ``image_id class_id super_class_id path``); both files are read (the search makes its own
     class-disjoint splits)."""
-    folder = Path(dataset_root) / "Stanford_Online_Products"
+    folder = _expand(dataset_root) / "Stanford_Online_Products"
     paths, labels = [], []
     for name in ("Ebay_train.txt", "Ebay_test.txt"):
         info = folder / name
@@ -300,8 +306,21 @@ def blobs(*, num_classes: int = 10, samples_per_class: int = 40, num_features: i
     return ArrayData(x.astype(np.float32), y.astype(np.int64))
 
 
+def glyphs(*, image_size: int = 32, samples_per_class: int = 20, seed: int = 0,
+           scripts: Sequence[str] | None = None, min_faces: int = 8, cache: bool = True) -> ArrayData:
+    """Characters drawn in the fonts matplotlib ships, one class per character (about 240),
+    ``samples_per_class`` distorted drawings each, as 1 x image_size x image_size images in [0, 1]
+    (see :mod:`hyper_opt.metric_learning.glyphs`); cached under the user's cache folder."""
+    from hyper_opt.metric_learning.glyphs import SCRIPTS, load_glyphs
+
+    images, labels, classes, _ = load_glyphs(image_size=image_size, samples_per_class=samples_per_class,
+                                             seed=seed, scripts=tuple(scripts or SCRIPTS), min_faces=min_faces,
+                                             cache=cache)
+    return ArrayData(images.astype(np.float32) / 255.0, labels, class_names=classes)
+
+
 BUILTIN_DATASETS: dict[str, Callable[..., LabeledData]] = {
-    "digits": digits, "blobs": blobs, "image_folder": image_folder, "cub200": cub200,
+    "digits": digits, "glyphs": glyphs, "blobs": blobs, "image_folder": image_folder, "cub200": cub200,
     "cars196": cars196, "sop": sop,
 }
 PATH_KWARGS = ("root", "dataset_root")

@@ -9,7 +9,11 @@ command loads the trial's best-epoch models of every fold (saved under
 * ``concatenated``: one embedding per sample, the L2-normalised embeddings of every fold model
   side by side (the paper's "concatenated" evaluation);
 * ``untrained``: the same architecture at its seeded initialisation (the baseline training
-  must beat; ``--no-baseline`` skips it).
+  must beat);
+* ``raw_input``: the test inputs themselves, flattened (as the dataset gives them, i.e. after
+  its normalisation) and L2-normalised, scored with the same kNN: what training bought over no
+  model at all. Skipped, with a warning, when the flattened test set would exceed
+  :data:`RAW_INPUT_LIMIT` values (full-size photographs). ``--no-baseline`` skips both rows.
 
 It reads the study but never changes it, and writes ``test_results.yml`` and
 ``test_results.csv`` in the trial's folder.
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_YAML = "test_results.yml"
 RESULTS_CSV = "test_results.csv"
+RAW_INPUT_LIMIT = 2**28  # flattened test-set values (1 GiB of float32) above which raw_input is skipped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "must return a 'test_dataset' function)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda:0 (default: cuda:0 when the study "
                         "uses a GPU and one is visible, else cpu)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the untrained-model baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the baselines (untrained model, raw inputs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +126,9 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     _apply_model_overrides(conf, config.overrides)
     base_dir = (config.model_path or config.hyper_path).resolve().parent
     if model_def_fn is not None:
-        conf["model_def_fn"] = str(Path(model_def_fn).resolve())
+        from hyper_opt.metric_learning.paths import expand_path
+
+        conf["model_def_fn"] = str(expand_path(model_def_fn).resolve())
     metric_name = config.optuna.metrics[0] if len(config.optuna.metrics) == 1 else None
     settings = validate(conf, base_dir=base_dir, source=str(saved))
     metric = settings.optimised_metric(metric_name)
@@ -149,6 +156,9 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
         if baseline:
             streams, labels = _embed(plan.fold_models(0), test_set, opts)
             scores["untrained"] = _score(calculator, streams, labels)
+            raw = raw_input_embeddings(test_set, opts)
+            if raw is not None:
+                scores["raw_input"] = _score(calculator, *raw)
         per_fold = []
         for folder in folds:
             k = int(folder.name.split("_")[1])
@@ -174,6 +184,8 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     rows = [{"model": name, **values} for name, values in scores.items()]
     results.atomic_write_text(trial_dir / RESULTS_CSV, results.to_csv(rows, ["model", *metrics]))
     report["files"] = [str(trial_dir / RESULTS_YAML), str(trial_dir / RESULTS_CSV)]
+    if (trial_dir / "tensorboard").is_dir():
+        report["tensorboard"] = f"tensorboard --logdir {trial_dir.parent}"
     return report
 
 
@@ -187,6 +199,20 @@ def _apply_model_overrides(conf: dict[str, Any], overrides: Sequence[str]) -> No
     problems = apply_overrides({}, conf, wanted)
     if problems:
         raise ConfigError(problems, source="the command line (applied to the trial's saved model config)")
+
+
+def raw_input_embeddings(dataset: Any, opts: Mapping[str, Any]) -> tuple[list[Any], Any] | None:
+    """The dataset's inputs flattened and L2-normalised (the ``raw_input`` baseline); None when
+    they would hold more than RAW_INPUT_LIMIT values."""
+    import torch
+
+    first = dataset[0]
+    size = int(torch.as_tensor(first["data"] if isinstance(first, Mapping) else first[0]).numel())
+    if size * len(dataset) > RAW_INPUT_LIMIT:
+        logger.warning("raw_input baseline skipped: %d test samples of %d values exceed %d values",
+                       len(dataset), size, RAW_INPUT_LIMIT)
+        return None
+    return _embed({"trunk": torch.nn.Identity()}, dataset, {**opts, "device": "cpu"})
 
 
 def _load_models(models: dict[str, Any], folder: Path, device: Any) -> dict[str, Any]:
@@ -240,5 +266,7 @@ def format_report(report: Mapping[str, Any]) -> str:
              "model".ljust(16) + "".join(m.rjust(width) for m in metrics)]
     for name, values in scores.items():
         lines.append(name.ljust(16) + "".join(f"{values[m]:.4f}".rjust(width) for m in metrics))
+    if report.get("tensorboard"):
+        lines.append(f"training records: {report['tensorboard']}")
     lines.append("results: " + ", ".join(report.get("files", [])))
     return "\n".join(lines)

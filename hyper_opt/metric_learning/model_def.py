@@ -34,7 +34,9 @@ TRAINER_KEYS = ("models", "optimizers", "loss_funcs", "mining_funcs", "loss_weig
 
 def load_model_def(path: Path) -> ModuleType:
     """Import a model-definition file (its folder goes on ``sys.path`` for its own imports)."""
-    path = Path(path).resolve()
+    from hyper_opt.metric_learning.paths import expand_path
+
+    path = expand_path(path).resolve()
     if not path.is_file():
         raise ObjectiveError(f"model_def_fn: file not found: {path}")
     module = import_file(path, what="model_def_fn file")

@@ -98,7 +98,12 @@ class Objective(BaseObjective):
                                  normalize_embeddings=settings.evaluation.normalize_embeddings,
                                  num_workers=settings.dataloader_num_workers, knn=settings.evaluation.knn)
             report = self.report if len(self._metrics) == 1 else None  # optuna cannot prune multi-objective
-            return TrialRun(plan.builders, options, trial=trial, report=report, out_dir=out_dir).run()
+            from hyper_opt.metric_learning.records import TensorBoardRecorder
+
+            recorder = TensorBoardRecorder.create(out_dir, enabled=settings.tensorboard,
+                                                  statistics=settings.tensorboard_statistics)
+            return TrialRun(plan.builders, options, trial=trial, report=report, out_dir=out_dir,
+                            recorder=recorder).run()
 
     def _check_direction(self) -> None:
         directions = getattr(self.study, "directions", None) or []

@@ -111,12 +111,14 @@ def _model_def_plan(conf: Mapping[str, Any], settings: Settings, *, trial: Any, 
         kwargs = fresh(k)
         weights = {name: 1.0 for name in kwargs["loss_funcs"]}
         weights.update(kwargs.pop("loss_weights", None) or {})
-        trainer = comp.build("trainer", trainer_component, supplied={
-            **kwargs, "batch_size": batch_size, "dataset": train, "sampler": sampler, "loss_weights": weights,
+        component, options = b.trainer_kwargs(trainer_component, {**kwargs["models"], **kwargs["loss_funcs"]})
+        trainer = comp.build("trainer", component, supplied={
+            **kwargs, **options, "batch_size": batch_size, "dataset": train, "sampler": sampler,
+            "loss_weights": weights,
             "iterations_per_epoch": settings.iterations_per_epoch, "data_device": device,
             "dataloader_num_workers": settings.dataloader_num_workers,
             "end_of_iteration_hook": iteration_hook, "end_of_epoch_hook": epoch_hook})
-        return b.Built(trainer=trainer, models=trainer.models, val=dev)
+        return b.Built(trainer=b.maybe_mixed_precision(trainer, settings, device), models=trainer.models, val=dev)
 
     test = cons.get("test_dataset")
     return Plan(builders=[functools.partial(builder, k) for k in range(len(folds))],

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt.exceptions import ConfigError
 from hyper_opt.metric_learning import components as comp
+from hyper_opt.metric_learning.paths import expand_path, unset_variables
 
 if TYPE_CHECKING:
     from hyper_opt.config import ParameterSpec
@@ -31,7 +32,7 @@ COMPONENT_SECTIONS = ("models", "loss_funcs", "mining_funcs", "sampler", "optimi
                       "trainer", "dataset")
 SCALAR_KEYS = ("seed", "batch_size", "iterations_per_epoch", "max_epochs", "patience", "fold_schedule",
                "dataloader_num_workers", "torch_threads", "model_def_fn", "loss_weights", "splits",
-               "evaluation")
+               "evaluation", "mixed_precision", "tensorboard")
 TOP_KEYS = COMPONENT_SECTIONS + SCALAR_KEYS + ("optuna",)
 SPLIT_KEYS = ("test_size", "test_start_idx", "num_training_partitions", "num_training_sets", "shuffle_classes")
 EVAL_KEYS = ("metric", "metrics", "knn", "normalize_embeddings", "batch_size")
@@ -94,6 +95,9 @@ class Settings:
     dataloader_num_workers: int = 0
     torch_threads: int | None = None  # None: 1 thread on CPU (workers share the cores)
     model_def_fn: str | None = None  # an optuna-metric-learning model-definition file
+    mixed_precision: bool = False  # autocast float16 + GradScaler on CUDA devices (ignored on CPU)
+    tensorboard: bool = False  # event files per trial and fold (see hyper_opt.metric_learning.records)
+    tensorboard_statistics: bool = False  # also the losses' and miners' own statistics
     splits: SplitSettings = SplitSettings()
     evaluation: EvalSettings = EvalSettings()
 
@@ -228,9 +232,23 @@ def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
         dataloader_num_workers=out.int(conf, "dataloader_num_workers", "dataloader_num_workers", 0, minimum=0),
         torch_threads=out.int(conf, "torch_threads", "torch_threads", None, minimum=1, nullable=True),
         model_def_fn=model_def_fn,
+        mixed_precision=out.bool(conf, "mixed_precision", "mixed_precision", False),
+        **_tensorboard(conf.get("tensorboard", False), out),
         splits=splits,
         evaluation=evaluation,
     )
+
+
+def _tensorboard(value: Any, out: _Problems) -> dict[str, bool]:
+    """``tensorboard: true | false | {statistics: true}``."""
+    if isinstance(value, bool):
+        return {"tensorboard": value, "tensorboard_statistics": False}
+    if isinstance(value, Mapping):
+        out.unknown(value, ("statistics",), "tensorboard")
+        return {"tensorboard": True,
+                "tensorboard_statistics": out.bool(value, "statistics", "tensorboard:statistics", False)}
+    out.append(f"tensorboard: must be true, false or {{statistics: true}}, got {value!r}")
+    return {"tensorboard": False, "tensorboard_statistics": False}
 
 
 def read_settings(conf: Mapping[str, Any]) -> Settings:
@@ -247,9 +265,7 @@ def read_settings(conf: Mapping[str, Any]) -> Settings:
 
 def resolve_path(value: str, base_dir: Path | None) -> Path:
     """``~`` and ``$VARIABLES`` expanded; relative to ``base_dir`` (the model config's folder)."""
-    import os
-
-    path = Path(os.path.expandvars(value)).expanduser()
+    path = expand_path(value)
     if path.is_absolute() or base_dir is None:
         return path
     return (base_dir / path).resolve()
@@ -300,6 +316,10 @@ def problems(conf: Mapping[str, Any], *, parameters: Sequence[ParameterSpec] = (
             for key in keys:
                 if key not in present:
                     out.append(f"{section}:{key}: {trainer.name} needs it")
+    from hyper_opt.metric_learning import trainer_options
+
+    out.extend(trainer_options.problems(trainer.kwargs, trainer.path or "trainer",
+                                        targets=None if model_def else [*model_roles, *loss_roles]))
     if trainer.name == "DeepAdversarialMetricLearning":
         try:
             g_adv = comp.selected((conf.get("loss_funcs") or {}).get("g_adv_loss"), "loss_funcs:g_adv_loss")
@@ -333,7 +353,7 @@ def _check_dataset(conf: Mapping[str, Any], out: _Problems, base_dir: Path | Non
     if conf.get("dataset") is None:
         return
     try:
-        options, _ = comp.alternatives(conf["dataset"], "dataset")
+        options, chosen = comp.alternatives(conf["dataset"], "dataset")
     except comp.SpecError as err:
         out.append(str(err))
         return
@@ -341,9 +361,17 @@ def _check_dataset(conf: Mapping[str, Any], out: _Problems, base_dir: Path | Non
 
     for option in options:
         out.extend(comp.check("dataset", option))
+        if option.name != chosen:  # the roots of datasets the config does not use need not exist here
+            continue
         for key in PATH_KWARGS:
             value = option.kwargs.get(key)
-            if isinstance(value, str) and base_dir is not None and not resolve_path(value, base_dir).exists():
+            if not isinstance(value, str) or base_dir is None:
+                continue
+            unset = unset_variables(value)
+            if unset:
+                out.append(f"{option.path}:{key}: environment variable {', '.join('$' + v for v in unset)} "
+                           f"is not set (in {value!r})")
+            elif not resolve_path(value, base_dir).exists():
                 out.append(f"{option.path}:{key}: folder not found: {value!r} (looked for "
                            f"{resolve_path(value, base_dir)})")
 

@@ -96,7 +96,8 @@ class TrialRun:
     """Trains the folds of one trial (see the module docstring)."""
 
     def __init__(self, fold_builders: Sequence[BuildFold], options: RunOptions, *, trial: Any,
-                 report: Callable[[Any, float, int], None] | None, out_dir: Path | None) -> None:
+                 report: Callable[[Any, float, int], None] | None, out_dir: Path | None,
+                 recorder: Any | None = None) -> None:
         from hyper_opt.metric_learning.evaluation import make_calculator
 
         self.builders = list(fold_builders)
@@ -108,6 +109,7 @@ class TrialRun:
         self.calculator = make_calculator(options.metrics, knn=options.knn, device=options.device, seed=options.seed)
         self.rows: list[dict[str, Any]] = []
         self._started = time.monotonic()
+        self.recorder = recorder  # a records.TensorBoardRecorder, or None
 
     # ------------------------------------------------------------------ public
 
@@ -121,11 +123,30 @@ class TrialRun:
                 self._run_sequential()
         except optuna.TrialPruned:
             self._discard_models()
+            self._close_records(pruned=True)
             raise
         finally:
             for fold in self.folds:
                 fold.built = None
-        return self.results()
+        out = self.results()
+        self._close_records(pruned=False, metrics=out)
+        return out
+
+    def _close_records(self, *, pruned: bool, metrics: dict[str, Any] | None = None) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.close()
+        params = dict(getattr(self.trial, "params", {}) or {})
+        finals = dict(metrics) if metrics is not None else {
+            self.options.metric: self._mean_best()}
+        try:
+            self.recorder.hparams(params, {**finals, "pruned": float(pruned)})
+        except Exception as err:  # noqa: BLE001 - records never fail a trial
+            logger.warning("could not write the TensorBoard hparams record: %s", err)
+
+    def _mean_best(self) -> float:
+        bests = [f.best_value if math.isfinite(f.best_value) else 0.0 for f in self.folds]
+        return sum(bests) / len(bests) if bests else math.nan
 
     def results(self) -> dict[str, Any]:
         """The dict ``train`` returns: each metric's mean over folds at their best epochs (the
@@ -192,6 +213,8 @@ class TrialRun:
             value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
             fold.loss_sum += value
             fold.loss_count += 1
+            if self.recorder is not None:
+                self.recorder.iteration(fold.index, trainer)
         return hook
 
     def _epoch_hook(self, fold: FoldState) -> Callable[[Any], bool]:
@@ -229,6 +252,8 @@ class TrialRun:
         logger.info("fold %d epoch %d: %s %.4f (best %.4f at epoch %d)%s", fold.index, epoch, opts.metric,
                     value, fold.best_value, fold.best_epoch, f"; stopping: {fold.stop_reason}" if fold.stopped else "")
         trainer.step_lr_plateau_schedulers(value)
+        if self.recorder is not None:
+            self.recorder.epoch(fold.index, trainer, metrics, train_loss)
         self._record(fold)
         if opts.schedule == "sequential":
             self._report(fold.best_value if math.isfinite(fold.best_value) else 0.0, step)
