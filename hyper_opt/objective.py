@@ -198,6 +198,11 @@ def _check_private(path: Path) -> None:
 def _jsonable(value: Any) -> float | int | str | None:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
+    if isinstance(value, (list, tuple)):  # e.g. a per-epoch history beside the metric: kept as JSON text
+        import json
+
+        items = [_jsonable(v) for v in value]
+        return json.dumps(items) if all(i is not None for i in items) else None
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -250,3 +250,19 @@ def test_report_takes_the_model_file_as_echo_report_did(tmp_path: Path) -> None:
     s.cli("optimize", "hyper.yml", "model.yml", check=True)
     proc = s.cli("report", "hyper.yml", "-m", "model.yml", "--no-plots", check=True)
     assert (s.save_path / "report" / "best.yml").exists(), proc.stderr
+
+
+def test_aimlutils_echo_layout_resolves_too(tmp_path: Path) -> None:
+    """aiml-utils between the two eras: ``from aimlutils.echo.src.base_objective import BaseObjective``."""
+    (tmp_path / "obj.py").write_text("from aimlutils.echo.src.base_objective import BaseObjective\n"
+                                     "from aimlutils.echo.src.trial_suggest import trial_suggest_loader\n")
+    module = import_file(tmp_path / "obj.py", what="objective file")
+    assert module.BaseObjective is compat.echo.BaseObjective
+    assert "aimlutils.echo.src.base_objective" in compat.used()
+
+
+def test_list_results_are_kept_as_json_text() -> None:
+    from hyper_opt.objective import _jsonable
+
+    assert _jsonable([0.5, 0.25]) == "[0.5, 0.25]" and _jsonable((1, 2)) == "[1, 2]"
+    assert _jsonable([object()]) is None

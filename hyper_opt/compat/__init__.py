@@ -39,6 +39,9 @@ ALIASES: dict[str, tuple[str, Sequence[str]] | None] = {
         "configure_storage", "configure_sampler", "configure_pruner", "recursive_config_reader",
         "recursive_update", "config_check", "os", "yaml", "optuna", "logging", "warnings", "logger")),
     "aimlutils": None,
+    # aiml-utils between the two eras kept echo-opt's layout inside aimlutils (aimlutils.echo.src.*)
+    "aimlutils.echo": None,
+    "aimlutils.echo.src": None,
     "aimlutils.hyper_opt": None,
     "aimlutils.hyper_opt.base_objective": ("hyper_opt.compat.aimlutils", (
         "BaseObjective", "trial_suggest_loader", "recursive_update", "defaultdict", "copy", "os", "sys",
@@ -47,6 +50,8 @@ ALIASES: dict[str, tuple[str, Sequence[str]] | None] = {
         "trial_suggest_loader", "KerasPruningCallback", "samplers", "supported_trials",
         "supported_samplers", "sys", "optuna", "logging", "warnings", "logger")),
 }
+for _name in [n for n in ALIASES if n.startswith("echo.src.")]:
+    ALIASES["aimlutils." + _name] = ALIASES[_name]
 TOP_LEVEL = frozenset(name.split(".")[0] for name in ALIASES)
 
 _lock = threading.Lock()
