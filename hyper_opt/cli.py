@@ -180,6 +180,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         from hyper_opt.study import fail_stale_trials
 
         fail_stale_trials(opened.study)  # a resumed study first re-queues dead trials
+    from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
+
+    retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # also without a heartbeat (journal storage)
+    if retried:
+        logger.warning("trial(s) %s were RUNNING in Slurm/PBS jobs that have ended: marked FAIL and re-queued",
+                       retried)
     c = counts(opened)
     if n_finished(c) >= spec.n_trials:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "

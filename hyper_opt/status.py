@@ -15,6 +15,9 @@ def status_lines(config: HyperConfig) -> list[str]:
 
     spec = config.optuna
     opened = open_study(config, create=False)
+    from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
+
+    retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # RUNNING trials of jobs that are gone (no heartbeat needed)
     c = counts(opened)
     lines = [f"study {spec.study_name!r} in {describe(spec.storage)}",
              f"finished {n_finished(c)}/{spec.n_trials}  " + "  ".join(f"{k} {v}" for k, v in c.items()),
@@ -45,6 +48,8 @@ def status_lines(config: HyperConfig) -> list[str]:
         from hyper_opt.launch.pbs import job_state_lines as pbs_job_state_lines
 
         lines += pbs_job_state_lines(config)
+    if retried:
+        lines.append(f"trial(s) {retried} were RUNNING in jobs that had ended: marked FAIL and re-queued")
     opened.lock.close()
     return lines
 

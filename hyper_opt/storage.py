@@ -25,6 +25,7 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -320,7 +321,8 @@ class BudgetLock:
     def _file(self) -> Path:
         st = self._spec.storage
         assert st.path is not None
-        return st.path.with_name(st.path.name + ".lock")
+        # Not "<file>.lock": optuna's journal storage takes that name for its own lock.
+        return st.path.with_name(st.path.name + ".budget.lock")
 
     def acquire(self) -> None:
         if self._depth:
@@ -437,3 +439,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def retry_callback(storage: Any, max_retry: int) -> Any:
+    """What re-queues a failed trial's copy: the storage's own stale-trial callback, else (no
+    heartbeat: the journal storage, ``heartbeat_interval: null``) one for ``max_retry``; None
+    when ``max_retry`` is 0."""
+    import optuna
+
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is None and max_retry > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    return callback

@@ -38,7 +38,7 @@ from hyper_opt import failpoints, results
 from hyper_opt.config import HyperConfig
 from hyper_opt.exceptions import HyperOptError, StorageError
 from hyper_opt.objective import BaseObjective, instantiate, pick_device
-from hyper_opt.storage import is_connection_error, with_db_retry
+from hyper_opt.storage import is_connection_error, retry_callback, with_db_retry
 from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
@@ -363,14 +363,7 @@ class Worker:
     def _retry(self, opened: Opened, frozen: optuna.trial.FrozenTrial) -> None:
         """Re-queue an interrupted trial (scancel, preemption, Ctrl-C) like a stale one: a WAITING
         copy with the same parameters, within optuna:max_retry."""
-        callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-        if callback is None:
-            import optuna
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.config.optuna.max_retry)
-                            if self.config.optuna.max_retry else None)
+        callback = retry_callback(opened.storage, self.config.optuna.max_retry)
         if callback is not None:
             with_db_retry(lambda: callback(opened.study, frozen), seconds=self.config.optuna.db_retry_seconds,
                           what=f"re-queueing trial {frozen.number}")

@@ -12,6 +12,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 
 from hyper_opt.cli import add_common_arguments, load_from_args
 from hyper_opt.exceptions import SubmissionError
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             print("no active jobs to cancel")
     opened = open_study(config, create=False)
     try:
-        retried = fail_trials_of_jobs(opened, jobs + pbs_jobs)
+        retried = fail_trials_of_jobs(opened, jobs + pbs_jobs, max_retry=config.optuna.max_retry)
+        retried += fail_trials_of_ended_jobs(opened, max_retry=config.optuna.max_retry)  # jobs of this study not recorded here
     finally:
         opened.lock.close()
     print(f"{len(retried)} running trial(s) marked FAIL and re-queued: {retried}" if retried
@@ -73,12 +75,49 @@ def _wait_gone(ids: list[str], timeout: float = 60.0) -> None:
         time.sleep(1.0)
 
 
-def fail_trials_of_jobs(opened, job_ids: list[str]) -> list[int]:  # type: ignore[no-untyped-def]
+ENDED_SLURM = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+               "BOOT_FAIL", "DEADLINE"}
+ENDED_PBS = {"F", "X"}  # finished job, finished array subjob (qstat -x)
+
+
+def fail_trials_of_ended_jobs(opened, *, max_retry: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """RUNNING trials whose Slurm or PBS job has ended: FAIL them and re-queue copies.
+
+    A killed or preempted job cannot record its trial's end, and without a heartbeat (the journal
+    storage, or ``heartbeat_interval: null``) nothing else ever would: ``optimize --reload``,
+    ``status`` and ``cancel`` ask the scheduler about the jobs of RUNNING trials and fail the
+    trials of jobs that ended. A job the scheduler does not answer for is left alone.
+    """
+    import optuna
+
+    running = opened.storage.get_all_trials(opened.study_id, deepcopy=False,
+                                            states=(optuna.trial.TrialState.RUNNING,))
+    slurm_ids = sorted({str(t.user_attrs["slurm_job_id"]) for t in running if t.user_attrs.get("slurm_job_id")})
+    pbs_ids = sorted({str(t.user_attrs["pbs_job_id"]) for t in running if t.user_attrs.get("pbs_job_id")})
+    ended: dict[str, str] = {}
+    if slurm_ids and shutil.which("sacct"):
+        from hyper_opt.launch.slurm import job_states
+
+        ended.update({j: s for j, s in job_states(slurm_ids).items() if s in ENDED_SLURM})
+    if pbs_ids and shutil.which("qstat"):
+        from hyper_opt.launch.pbs import job_states as pbs_job_states
+
+        ended.update({j: s for j, s in pbs_job_states(pbs_ids).items() if s in ENDED_PBS})
+    if not ended:
+        return []
+    return fail_trials_of_jobs(opened, list(ended), max_retry=max_retry,
+                               reason=lambda job: f"job {job} ended ({ended.get(job, '?')}) while the trial ran")
+
+
+def fail_trials_of_jobs(opened, job_ids: list[str], *, max_retry: int,  # type: ignore[no-untyped-def]
+                        reason: Callable[[str], str] | None = None) -> list[int]:
     """Mark RUNNING trials of these jobs FAIL and re-queue copies (within max_retry)."""
     import optuna
 
     wanted = {str(j) for j in job_ids} | {_job_key(str(j)) for j in job_ids}
-    callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    from hyper_opt.storage import retry_callback
+
+    callback = retry_callback(opened.storage, max_retry)
     done = []
     for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
         job = str(trial.user_attrs.get("slurm_job_id", "") or trial.user_attrs.get("pbs_job_id", ""))
@@ -86,7 +125,7 @@ def fail_trials_of_jobs(opened, job_ids: list[str]) -> list[int]:  # type: ignor
             continue
         trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
         try:
-            opened.storage.set_trial_user_attr(trial_id, "error", f"job {job} was cancelled")
+            opened.storage.set_trial_user_attr(trial_id, "error", reason(job) if reason else f"job {job} was cancelled")
             opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
