@@ -23,7 +23,7 @@ search's best trial on the held-out characters. The result: the best validation 
 cumulative CPU-seconds (median and range over seeds), the CPU-seconds each strategy needs to reach
 random search's final best (median over seeds), and the test MAP@R of each strategy's best trial.
 
-    python -m benchmarks.search_efficiency --quick        # 5 seeds, 6 trials of 3 epochs: ~25 CPU-minutes
+    python -m benchmarks.search_efficiency --quick        # 5 seeds, 6 trials of 3 epochs: ~28 CPU-minutes
     python -m benchmarks.search_efficiency                # 5 seeds, 16 trials
 """
 
