@@ -23,7 +23,7 @@ search's best trial on the held-out characters. The result: the best validation 
 cumulative CPU-seconds (median and range over seeds), the CPU-seconds each strategy needs to reach
 random search's final best (median over seeds), and the test MAP@R of each strategy's best trial.
 
-    python -m benchmarks.search_efficiency --quick        # 5 seeds, 6 trials of 3 epochs: ~25 CPU-minutes
+    python -m benchmarks.search_efficiency --quick        # 5 seeds, 6 trials of 3 epochs: ~28 CPU-minutes
     python -m benchmarks.search_efficiency                # 5 seeds, 16 trials
 """
 
@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,8 @@ def plot(data: dict[str, Any], path: Path) -> Path | None:
         grid = np.linspace(0, end, 200)
         values = np.array([[_best_at(c, x) for x in grid] for c in curves])
         colour = COLOURS.get(strategy, "grey")
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # before every seed's first finished trial: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(values, axis=0)
             low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
         ax.plot(grid, median, color=colour, label=f"{strategy} (median of {len(curves)} seeds)")
