@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from hyper_opt import plots as plotting
-from hyper_opt.cli import add_common_arguments
+from hyper_opt.cli.common import add_common_arguments
 
 if TYPE_CHECKING:
     import optuna
 
-    from hyper_opt.config import HyperConfig, StorageSpec
+    from hyper_opt.schema import HyperConfig, StorageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import setup_logging, load_from_args
+    from hyper_opt.cli.common import setup_logging, load_from_args
 
     config, model = load_from_args(args)
     setup_logging("WARNING", debug=args.debug)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def dashboard_command(storage: StorageSpec, *, port: int = DASHBOARD_PORT, host: str = "127.0.0.1") -> str:
     """The ``optuna-dashboard`` command line that opens this storage (any password masked)."""
-    from hyper_opt.config import mask_url
+    from hyper_opt.secrets import mask_url
 
     if storage.kind == "journal":
         target = f"--storage-class JournalFileStorage {shlex.quote(str(storage.path))}"
@@ -116,7 +116,7 @@ def dashboard_command(storage: StorageSpec, *, port: int = DASHBOARD_PORT, host:
 
 
 def dashboard_hint(config: HyperConfig) -> str:
-    from hyper_opt.config import mask_url
+    from hyper_opt.secrets import mask_url
 
     storage = config.optuna.storage
     lines = [dashboard_command(storage),

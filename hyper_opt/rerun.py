@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt.cli import add_common_arguments
+from hyper_opt.cli.common import add_common_arguments
 from hyper_opt.exceptions import ConfigError
 
 if TYPE_CHECKING:
     import optuna
 
-    from hyper_opt.config import HyperConfig
+    from hyper_opt.schema import HyperConfig
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
 
     import optuna
 
-    from hyper_opt.objective import instantiate, pick_device
+    from hyper_opt.loader import instantiate
+    from hyper_opt.objective import pick_device
     from hyper_opt.study import open_study
 
     opened = open_study(config, create=False)
@@ -176,7 +177,7 @@ def comparison(config: HyperConfig, result: Rerun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import setup_logging, load_from_args
+    from hyper_opt.cli.common import setup_logging, load_from_args
     from hyper_opt.exceptions import HyperOptError
 
     config, model = load_from_args(args)

@@ -29,15 +29,16 @@ import statistics
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
-from hyper_opt.config import HyperConfig
-from hyper_opt.exceptions import HyperOptError, StorageError
-from hyper_opt.objective import BaseObjective, instantiate, pick_device
+from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.loader import instantiate
+from hyper_opt.objective import BaseObjective, pick_device
+from hyper_opt.registry import retry_callback
+from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import is_connection_error, with_db_retry
 from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
@@ -56,13 +57,6 @@ class Stop(enum.Enum):
     SIGNAL = "interrupted"
     FAILURES = "too many consecutive failed trials"
     MAX_TRIALS = "this worker's own trial limit was reached"
-
-
-class Interrupted(BaseException):
-    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM, the job ending).
-
-    A BaseException, like KeyboardInterrupt, so that a user's ``except Exception:`` in ``train``
-    does not swallow the stop request."""
 
 
 @dataclass
@@ -365,12 +359,7 @@ class Worker:
         copy with the same parameters, within optuna:max_retry."""
         callback = getattr(opened.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
         if callback is None:
-            import optuna
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.config.optuna.max_retry)
-                            if self.config.optuna.max_retry else None)
+            callback = retry_callback(self.config.optuna.max_retry)
         if callback is not None:
             with_db_retry(lambda: callback(opened.study, frozen), seconds=self.config.optuna.db_retry_seconds,
                           what=f"re-queueing trial {frozen.number}")

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-from hyper_opt.cli import add_common_arguments, load_from_args
+from hyper_opt.cli.common import add_common_arguments, load_from_args
 from hyper_opt.exceptions import SubmissionError
 
 logger = logging.getLogger(__name__)

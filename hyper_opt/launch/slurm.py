@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper_opt import secrets
-from hyper_opt.config import HyperConfig, SchedulerSpec
+from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
                                   visible_gpus)
