@@ -79,7 +79,7 @@ class Rerun:
 def find_trial(config: HyperConfig, trials: Sequence[optuna.trial.FrozenTrial], which: int | str,
                directions: Sequence[str]) -> optuna.trial.FrozenTrial:
     """The trial ``--trial`` names, or a ConfigError saying which ones exist."""
-    from hyper_opt.report import best_trials
+    from hyper_opt.trials import best_trials
 
     if which == "best":
         best = best_trials(trials, directions)
@@ -169,7 +169,7 @@ def comparison(config: HyperConfig, result: Rerun) -> str:
         return (f"trial {t.number} was pruned{f' after step {step}' if step is not None else ''}; "
                 f"this run trained to the end: {now}")
     if t.state.name == "FAIL":
-        from hyper_opt.report import error_line
+        from hyper_opt.report.summary import error_line
 
         error = error_line(t.user_attrs.get("error") or "") or "no error recorded"
         return f"trial {t.number} failed ({error}); this run completed: {now}"

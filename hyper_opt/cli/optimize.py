@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
 
@@ -57,19 +56,7 @@ def run(args: argparse.Namespace) -> int:
     use_scheduler = scheduler is not None
     spec = config.optuna
     if args.dry_run:
-        print(f"study      {spec.study_name} in {describe(spec.storage)}")
-        print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
-        print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
-        if scheduler == "pbs":
-            from hyper_opt.launch.pbs import dry_run as pbs_dry_run
-
-            pbs_dry_run(config)
-        elif scheduler == "slurm":
-            from hyper_opt.launch.slurm import dry_run
-
-            dry_run(config)
-        else:
-            print(f"launch     {config.local_workers} local worker process(es)")
+        _print_plan(config, scheduler)
         return EXIT_OK
     if scheduler == "pbs":
         from hyper_opt.launch.pbs import directives
@@ -120,6 +107,26 @@ def run(args: argparse.Namespace) -> int:
             pass
     print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
     return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
+
+
+def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyped-def]
+    """``--dry-run``: what would run, and the job scripts that would be submitted."""
+    from hyper_opt.storage import describe
+
+    spec = config.optuna
+    print(f"study      {spec.study_name} in {describe(spec.storage)}")
+    print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
+    print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
+    if scheduler == "pbs":
+        from hyper_opt.launch.pbs import dry_run as pbs_dry_run
+
+        pbs_dry_run(config)
+    elif scheduler == "slurm":
+        from hyper_opt.launch.slurm import dry_run
+
+        dry_run(config)
+    else:
+        print(f"launch     {config.local_workers} local worker process(es)")
 
 
 def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) -> str | None:  # type: ignore[no-untyped-def]
