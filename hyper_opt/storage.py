@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -422,13 +421,3 @@ class BudgetLock:
             yield self
         finally:
             self.release()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

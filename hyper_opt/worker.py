@@ -39,7 +39,7 @@ from hyper_opt.loader import instantiate
 from hyper_opt.objective import BaseObjective, pick_device
 from hyper_opt.registry import retry_callback
 from hyper_opt.schema import HyperConfig
-from hyper_opt.storage import is_connection_error, with_db_retry
+from hyper_opt.storage import with_db_retry
 from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
@@ -426,7 +426,3 @@ class Worker:
             "number": trial.number, "state": state.name, "values": values, "params": trial.params,
             "error": error, **run_context()}, indent=2, default=str))
         logger.error("the database stayed unreachable; trial %d's result is kept in %s", trial.number, path)
-
-
-def is_db_down(err: BaseException) -> bool:
-    return is_connection_error(err) or isinstance(err, StorageError)
