@@ -14,7 +14,7 @@ __all__ = ["BaseObjective", "ConfigError", "HyperOptError", "KerasPruningCallbac
 _LAZY = {
     "BaseObjective": "hyper_opt.objective",
     "KerasPruningCallback": "hyper_opt.pruning",
-    "load_config": "hyper_opt.config",
+    "load_config": "hyper_opt.loader",
     "ConfigError": "hyper_opt.exceptions",
     "HyperOptError": "hyper_opt.exceptions",
 }

@@ -17,186 +17,37 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import importlib.util
 import inspect
 import logging
-import math
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hyper_opt.checker import Checker as _Checker
+from hyper_opt.checker import as_bool as _as_bool
+from hyper_opt.checker import is_number as _is_number
 from hyper_opt.exceptions import ConfigError
+from hyper_opt.keypath import apply_overrides, has_path, parse_override  # noqa: F401 - re-exported
+from hyper_opt.registry import build_component, public_classes  # noqa: F401 - re-exported
+from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-exported from here
+    CWD_ENV, DEFAULT_DB_RETRY_S, DEFAULT_DIRECTION, DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_MAX_RETRY, DEFAULT_METRIC, DEFAULT_SAVE_DIR,
+    DEFAULT_SCHEDULER_FOLDER, DEFAULT_SIGNAL_DELAY_S, DEFAULT_SQLITE_FILE, DEFAULT_STUDY_NAME, DIRECTIONS,
+    FORMATS, HYPER_SECTIONS, LOCAL_KEYS, LOG_KEYS, LOG_LEVELS, OPTUNA_KEYS, OWN_KEYS, PARAM_SETTINGS, PBS_KEYS,
+    SLURM_KEYS, STORAGE_TYPES, STUDY_NAME, ComponentSpec, HyperConfig, ObjectiveSpec, OptunaSpec, ParameterSpec,
+    SchedulerSpec, StorageSpec)
+from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
+from hyper_opt.space import check_parameters as _check_parameters
 
 logger = logging.getLogger(__name__)
 
-HYPER_SECTIONS = ("log", "save_path", "slurm", "pbs", "local", "optuna", "format")
-FORMATS = ("hyper_opt", "echo", "aimlutils")
-# Keys only hyper_opt knows: a file that uses one is read the hyper_opt way (see detect_format).
-OWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("local", "format"),
-    "log": ("level",),
-    "optuna": ("heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures", "db_retry_seconds"),
-    "slurm": ("array", "folder", "signal_delay_s", "python"),
-}
-CWD_ENV = "HYPER_OPT_CWD"  # the submitting process's working directory, for its workers and jobs
-DIRECTIONS = ("minimize", "maximize")
-STORAGE_TYPES = ("sqlite", "journal", "nfs", "url", "maria", "mysql", "postgresql")
-
-# Allowed ``settings`` per parameter type (``name`` is allowed everywhere).
-PARAM_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # type: (required, optional)
-    "categorical": (("choices",), ()),
-    "float": (("low", "high"), ("step", "log")),
-    "int": (("low", "high"), ("step", "log")),
-    "uniform": (("low", "high"), ()),
-    "loguniform": (("low", "high"), ()),
-    "discrete_uniform": (("low", "high", "q"), ()),
-}
-
-OPTUNA_KEYS = (
-    "name", "study_name", "reload", "objective", "metric", "direction", "n_trials", "gpu",
-    "save_path", "storage", "storage_type", "sampler", "pruner", "parameters", "enqueue",
-    "heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures",
-    "db_retry_seconds",
-)
-SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array",
-              "folder", "signal_delay_s", "python")
-PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array", "python")
-LOCAL_KEYS = ("workers",)
-LOG_KEYS = ("save_path", "level")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-# --------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One searched parameter: where it goes in the model config and how it is suggested."""
-
-    key: str  # the YAML key: a colon path into the model config, or a plain name
-    type: str  # one of PARAM_SETTINGS
-    name: str  # optuna's parameter name (``settings.name``, defaulting to the key)
-    settings: Mapping[str, Any]  # keyword arguments of the suggest call, without ``name``
-
-    @property
-    def path(self) -> tuple[str, ...]:
-        return tuple(self.key.split(":"))
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A sampler or pruner: an optuna class name and its keyword arguments."""
-
-    type: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StorageSpec:
-    """Where the study lives.
-
-    ``kind`` is ``sqlite`` (the embedded default, a file under ``save_path``), ``journal``
-    (optuna's journal file, for shared file systems) or ``url`` (a database server).
-    """
-
-    kind: str
-    url: str | None = None  # for sqlite and url
-    path: Path | None = None  # for sqlite and journal
-
-    @property
-    def is_server(self) -> bool:
-        return self.kind == "url" and not (self.url or "").startswith("sqlite")
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """The user's objective: a Python file or an importable module, and a class name."""
-
-    file: Path | None
-    module: str | None
-    class_name: str
-
-    def describe(self) -> str:
-        where = str(self.file) if self.file else self.module
-        return f"{where}:{self.class_name}"
-
-
-@dataclass(frozen=True)
-class OptunaSpec:
-    study_name: str
-    storage: StorageSpec
-    objective: ObjectiveSpec
-    metrics: tuple[str, ...]
-    directions: tuple[str, ...]
-    n_trials: int
-    reload: bool
-    gpu: bool
-    sampler: ComponentSpec | None
-    pruner: ComponentSpec | None
-    parameters: tuple[ParameterSpec, ...]
-    enqueue: tuple[Mapping[str, Any], ...]
-    heartbeat_interval: int | None
-    grace_period: int | None
-    max_retry: int
-    max_consecutive_failures: int
-    db_retry_seconds: float
-    reload_explicit: bool = False  # reload was asked for (file or --reload): the study must exist
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.directions) > 1
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """The ``slurm`` (or ``pbs``) section: how many jobs, what each asks for, what runs first."""
-
-    jobs: int
-    batch: Mapping[str, Any]
-    bash: tuple[str, ...]
-    kernel: str | None
-    gpus_per_node: int
-    tasks_per_worker: int
-    array: bool = False
-    folder: Path | None = None
-    signal_delay_s: int = 120
-    python: str | None = None
-
-    @property
-    def workers_per_job(self) -> int:
-        return max(self.gpus_per_node, 1) * self.tasks_per_worker
-
-
-@dataclass(frozen=True)
-class HyperConfig:
-    """A validated hyperparameter file (with its model file, when one was given)."""
-
-    hyper_path: Path
-    model_path: Path | None
-    save_path: Path
-    log_file: Path | None
-    log_level: str
-    optuna: OptunaSpec
-    slurm: SchedulerSpec | None
-    pbs: SchedulerSpec | None
-    local_workers: int
-    overrides: tuple[str, ...]  # the ``--set`` strings, passed on to workers unchanged
-    raw: Mapping[str, Any]  # the hyperparameter YAML after overrides (for the objective)
-    format: str = "hyper_opt"  # one of FORMATS: how the file was read (see detect_format)
-    base_dir: Path | None = None  # what relative paths in the file were resolved against
-
-    @property
-    def trials_dir(self) -> Path:
-        return self.save_path / "trials"
-
-
-# --------------------------------------------------------------------------- YAML + overrides
+# --------------------------------------------------------------------------- YAML
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -216,258 +67,7 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-_OVERRIDE = re.compile(r"^(?P<path>[^=]+?)=(?P<value>.*)$", re.S)
-
-
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """``a:b:0=value`` -> (("a", "b", "0"), yaml-parsed value)."""
-    match = _OVERRIDE.match(text)
-    if not match or not match.group("path").strip():
-        raise ConfigError([f"--set {text!r}: expected KEY:PATH=VALUE, e.g. optuna:n_trials=50"])
-    try:
-        value = yaml.safe_load(match.group("value")) if match.group("value") != "" else ""
-    except yaml.YAMLError as err:
-        raise ConfigError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
-    return tuple(match.group("path").strip().split(":")), value
-
-
-def apply_overrides(hyper: dict[str, Any], model: dict[str, Any] | None,
-                    overrides: Sequence[str]) -> list[str]:
-    """Apply ``--set`` overrides in place; return problems (unknown model paths).
-
-    A path whose first part is a section of the hyperparameter file (``optuna``, ``slurm``,
-    ...) goes there; prefix ``hyper:`` or ``model:`` to say which file explicitly. Any other
-    path must already exist in the model config: an override that would be ignored is an
-    error, not a silent no-op.
-    """
-    from hyper_opt.space import get_path, set_path  # local: space imports this module
-
-    problems = []
-    for text in overrides:
-        path, value = parse_override(text)
-        target = None
-        if path[0] in ("hyper", "model"):
-            target, path = path[0], path[1:]
-        if target is None:
-            target = "hyper" if path[0] in HYPER_SECTIONS else "model"
-        if not path:
-            problems.append(f"--set {text!r}: nothing after the '{target}:' prefix")
-            continue
-        if target == "hyper":
-            problem = _set_hyper(hyper, path, value)
-            if problem:
-                problems.append(f"--set {text!r}: {problem}")
-            continue
-        if model is None:
-            problems.append(f"--set {text!r}: no model config was given to override")
-            continue
-        try:
-            get_path(model, path)
-        except (KeyError, IndexError, TypeError):
-            problems.append(
-                f"--set {text!r}: {':'.join(path)!r} is not a key path of the model config "
-                "(overrides never add keys; prefix 'hyper:' for the hyperparameter file)")
-            continue
-        set_path(model, path, value)
-    return problems
-
-
-def _set_hyper(hyper: dict[str, Any], path: tuple[str, ...], value: Any) -> str | None:
-    """Set a path of the hyperparameter file, creating mappings as needed. Parameter keys hold
-    colons themselves (``optimizer:learning_rate``): at each level the longest run of parts that
-    names an existing key is taken as one key."""
-    node = hyper
-    i = 0
-    while i < len(path) - 1:
-        for j in range(len(path) - 1, i, -1):
-            joined = ":".join(path[i:j])
-            if j - i > 1 and joined in node:
-                break
-        else:
-            j, joined = i + 1, path[i]
-        child = node.setdefault(joined, {})
-        if not isinstance(child, dict):
-            return f"{joined!r} is not a mapping"
-        node, i = child, j
-    node[path[-1]] = value
-    return None
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _tname(value: Any) -> str:
-    return type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _as_bool(value: Any) -> bool | None:
-    """YAML booleans and the 0/1 integers the older format uses; None when neither."""
-    if isinstance(value, bool):
-        return value
-    if _is_int(value) and value in (0, 1):
-        return bool(value)
-    return None
-
-
-class _Checker:
-    """Collects problems with their key paths."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def unknown_keys(self, section: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
-        for key in section:
-            if key not in allowed:
-                self.add(f"{path}:{key}" if path else str(key),
-                         f"unknown key (allowed: {', '.join(allowed)})")
-
-    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.add(path, f"must be a mapping, got {_tname(value)} {value!r}")
-            return {}
-        return value
-
-    def integer(self, value: Any, path: str, *, minimum: int, default: int) -> int:
-        if value is None:
-            return default
-        if not _is_int(value) or value < minimum:
-            self.add(path, f"must be an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def boolean(self, value: Any, path: str, *, default: bool) -> bool:
-        if value is None:
-            return default
-        result = _as_bool(value)
-        if result is None:
-            self.add(path, f"must be true/false (or 1/0), got {value!r}")
-            return default
-        return result
-
-    def string(self, value: Any, path: str, *, default: str | None = None) -> str | None:
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            self.add(path, f"must be a non-empty string, got {value!r}")
-            return default
-        return value
-
-    def strings(self, value: Any, path: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return (value,)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.add(path, f"must be a string or a list of strings, got {value!r}")
-            return ()
-        return tuple(value)
-
-
 # --------------------------------------------------------------------------- sections
-
-
-def _check_parameters(chk: _Checker, raw: Any) -> tuple[ParameterSpec, ...]:
-    section = chk.mapping(raw, "optuna:parameters")
-    specs: list[ParameterSpec] = []
-    seen_names: dict[str, str] = {}
-    for key, body in section.items():
-        path = f"optuna:parameters:{key}"
-        key = str(key)
-        if not isinstance(body, Mapping):
-            chk.add(path, f"must be a mapping with 'type' and 'settings', got {body!r}")
-            continue
-        chk.unknown_keys(body, ("type", "settings"), path)
-        ptype = body.get("type")
-        if ptype not in PARAM_SETTINGS:
-            chk.add(f"{path}:type", f"got {ptype!r}; allowed: {', '.join(PARAM_SETTINGS)}")
-            continue
-        settings = body.get("settings")
-        if not isinstance(settings, Mapping):
-            chk.add(f"{path}:settings", f"must be a mapping of {ptype} settings, got {settings!r}")
-            continue
-        settings = dict(settings)
-        name = settings.pop("name", key)
-        if not isinstance(name, str) or not name:
-            chk.add(f"{path}:settings:name", f"must be a non-empty string, got {name!r}")
-            continue
-        if name in seen_names:
-            first = next(p for p in specs if p.key == seen_names[name]) if any(
-                p.key == seen_names[name] for p in specs) else None
-            if first is None or first.type != ptype or dict(first.settings) != settings:
-                chk.add(f"{path}:settings:name",
-                        f"{name!r} is already the name of parameter {seen_names[name]!r}; names must be "
-                        "unique (or the two keys must have the same type and settings)")
-                continue
-            logger.warning("%s:settings:name: %r is also the name of %r, so both get the same value in "
-                           "every trial (as with aimlutils); give it its own name to search it separately",
-                           path, name, seen_names[name])
-        seen_names.setdefault(name, key)
-        required, optional = PARAM_SETTINGS[ptype]
-        ok = True
-        for req in required:
-            if req not in settings:
-                chk.add(f"{path}:settings", f"missing {req!r} (a {ptype} parameter needs {', '.join(required)})")
-                ok = False
-        for extra in settings:
-            if extra not in required and extra not in optional:
-                chk.add(f"{path}:settings:{extra}",
-                        f"not a {ptype} setting (allowed: {', '.join(('name',) + required + optional)})")
-                ok = False
-        if ok and not _check_parameter_values(chk, path, ptype, settings):
-            ok = False
-        if ok:
-            specs.append(ParameterSpec(key=key, type=ptype, name=name, settings=settings))
-    return tuple(specs)
-
-
-def _check_parameter_values(chk: _Checker, path: str, ptype: str, s: Mapping[str, Any]) -> bool:
-    before = len(chk.problems)
-    if ptype == "categorical":
-        choices = s["choices"]
-        if not isinstance(choices, list) or not choices:
-            chk.add(f"{path}:settings:choices", f"must be a non-empty list, got {choices!r}")
-        elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
-            chk.add(f"{path}:settings:choices",
-                    f"choices must be None, bool, int, float or str (optuna stores them), got {choices!r}")
-        return len(chk.problems) == before
-    low, high = s["low"], s["high"]
-    number = _is_int if ptype == "int" else _is_number
-    kind = "an integer" if ptype == "int" else "a number"
-    for key, value in (("low", low), ("high", high)):
-        if not number(value):
-            chk.add(f"{path}:settings:{key}", f"must be {kind}, got {value!r}")
-    if len(chk.problems) != before:
-        return False
-    if low > high:
-        chk.add(f"{path}:settings", f"low ({low!r}) must not be greater than high ({high!r})")
-    log = ptype == "loguniform" or bool(s.get("log", False))
-    if "log" in s and not isinstance(s["log"], bool):
-        chk.add(f"{path}:settings:log", f"must be true or false, got {s['log']!r}")
-    if log and low <= 0:
-        chk.add(f"{path}:settings:low", f"must be > 0 on a log scale, got {low!r}")
-    step = s.get("q" if ptype == "discrete_uniform" else "step")
-    if step is not None:
-        step_key = "q" if ptype == "discrete_uniform" else "step"
-        if not number(step) or step <= 0:
-            chk.add(f"{path}:settings:{step_key}", f"must be {kind} > 0, got {step!r}")
-        elif log and ptype != "int":
-            chk.add(f"{path}:settings", "'step' and 'log: true' cannot be used together")
-        elif log and ptype == "int" and step != 1:
-            chk.add(f"{path}:settings", "an int parameter with 'log: true' needs step 1")
-    return len(chk.problems) == before
 
 
 def _check_component(chk: _Checker, raw: Any, path: str, module_name: str) -> ComponentSpec | None:
@@ -497,36 +97,6 @@ def _check_component(chk: _Checker, raw: Any, path: str, module_name: str) -> Co
     return spec
 
 
-def public_classes(module_name: str) -> dict[str, type]:
-    """The sampler (``optuna.samplers``) or pruner (``optuna.pruners``) classes users can name."""
-    import optuna
-
-    module = getattr(optuna, module_name)
-    base = optuna.samplers.BaseSampler if module_name == "samplers" else optuna.pruners.BasePruner
-    names = getattr(module, "__all__", dir(module))
-    return {n: getattr(module, n) for n in names
-            if inspect.isclass(getattr(module, n, None)) and issubclass(getattr(module, n), base)
-            and not n.startswith(("Base", "_"))}
-
-
-def build_component(spec: ComponentSpec, module_name: str) -> Any:
-    """Instantiate a sampler/pruner. A keyword value that is itself a ``{type: ...}`` mapping
-    naming a pruner (``PatientPruner``'s ``wrapped_pruner``) is built too."""
-    import warnings
-
-    classes = public_classes(module_name)
-    kwargs: dict[str, Any] = {}
-    pruner_classes = public_classes("pruners")
-    for key, value in spec.kwargs.items():
-        if isinstance(value, Mapping) and value.get("type") in pruner_classes:
-            inner = dict(value)
-            value = build_component(ComponentSpec(inner.pop("type"), inner), "pruners")
-        kwargs[key] = value
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental-feature warnings only; errors still raise
-        return classes[spec.type](**kwargs)
-
-
 def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study_name: str, *,
                    url_base: Path | None = None) -> StorageSpec:
     """``url_base``: what a relative ``sqlite:///`` URL is read from (the working directory for
@@ -546,11 +116,11 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
         if stype in ("journal", "nfs"):
             path = save_path / (name or f"{study_name}.journal")
             return StorageSpec(kind="journal", path=path)
-        path = save_path / (name or "hyper_opt.db")
+        path = save_path / (name or DEFAULT_SQLITE_FILE)
         return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
     if not isinstance(storage, str) or not storage.strip():
         chk.add("optuna:storage", f"must be a database URL or a file name, got {storage!r}")
-        return StorageSpec(kind="sqlite", url=f"sqlite:///{save_path / 'hyper_opt.db'}", path=save_path / "hyper_opt.db")
+        return StorageSpec(kind="sqlite", url=f"sqlite:///{save_path / DEFAULT_SQLITE_FILE}", path=save_path / DEFAULT_SQLITE_FILE)
     if "://" in storage:
         if stype in ("journal", "nfs"):
             chk.add("optuna:storage", f"storage_type {stype!r} needs a file name, got the URL {mask_url(storage)!r}")
@@ -576,36 +146,6 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
     if stype in ("journal", "nfs"):
         return StorageSpec(kind="journal", path=path)
     return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
-
-
-# A study name becomes a file name (the journal), a Slurm job name and a #SBATCH/#PBS directive:
-# no path separators, no newlines, nothing a shell or a directive parser reads specially.
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (``user:pw@``, ``:pw@``, ``?password=``) replaced by ``***``,
-    for logs, messages and the config handed to user code.
-
-    A password may hold an unquoted ``@`` (``u:p@ss@host``): the user part ends at the last ``@``
-    before the query. The result is rendered by SQLAlchemy's URL when it parses."""
-    if "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    head, sep, query = rest.partition("?")
-    at = head.rfind("@")
-    if at >= 0:
-        user, colon, password = head[:at].partition(":")
-        head = (f"{user}:***" if colon else user) + "@" + head[at + 1:]
-    query = _SECRET_QUERY.sub(r"\1***", sep + query)[1:] if sep else ""
-    masked = f"{scheme}://{head}{sep}{query}"
-    try:
-        import sqlalchemy
-
-        return sqlalchemy.make_url(masked).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
-    except Exception:  # not a URL SQLAlchemy knows: the masked text as it is
-        return masked
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -696,8 +236,8 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
         gpus_per_node=chk.integer(sec.get("gpus_per_node"), f"{section}:gpus_per_node", minimum=0, default=0),
         tasks_per_worker=chk.integer(sec.get("tasks_per_worker"), f"{section}:tasks_per_worker", minimum=1, default=1),
         array=chk.boolean(sec.get("array"), f"{section}:array", default=False),
-        folder=_resolve(base, folder) if isinstance(folder, str) else save_path / "slurm",
-        signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=120),
+        folder=_resolve(base, folder) if isinstance(folder, str) else save_path / DEFAULT_SCHEDULER_FOLDER,
+        signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=DEFAULT_SIGNAL_DELAY_S),
         python=chk.string(sec.get("python"), f"{section}:python"),
     )
 
@@ -741,10 +281,14 @@ def working_directory() -> Path:
 
 def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
                 overrides: Sequence[str] = (), strict: bool = False,
+                check_model: ModelCheck | None = None,
                 ) -> tuple[HyperConfig, dict[str, Any] | None]:
     """Read, override and validate both files; return the config and the model config.
 
     Raises :class:`ConfigError` listing every problem found. Nothing is created on disk.
+    ``check_model(objective, model, parameters=, model_path=, metrics=)`` returns the model file's
+    problems, reported in the same round as the hyperparameter file's (see
+    :func:`hyper_opt.loader.load_config`, which passes the objective's ``validate_config``).
     """
     hyper_path = Path(hyper_path).expanduser().resolve()
     hyper = read_yaml(hyper_path, "hyperparameter")
@@ -767,21 +311,67 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if "optuna" not in hyper:
         chk.add("optuna", "missing section (it holds objective, metric, direction, n_trials and parameters)")
     chk.unknown_keys(opt, OPTUNA_KEYS, "optuna")
+    save_path = _check_save_path(chk, hyper, opt, base)
+    log_file, log_level = _check_log(chk, hyper.get("log"), base, save_path)
+    search = _check_search(chk, opt, base=base, hyper_path=hyper_path, save_path=save_path,
+                           url_base=None if file_format == "hyper_opt" else base)
+    slurm = _check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
+    pbs = _check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
+    local = chk.mapping(hyper.get("local"), "local")
+    chk.unknown_keys(local, LOCAL_KEYS, "local")
+    local_workers = chk.integer(local.get("workers"), "local:workers", minimum=1, default=1)
+    if model is not None and search["parameters"]:
+        _check_model_paths(chk, search["parameters"], model, strict=strict, model_path=model_path)
+    running = _check_running(chk, opt, file_format)
+    if chk.problems:
+        more = []
+        objective = search["objective"]
+        if objective is not None and model is not None and check_model is not None:
+            # the model file's problems in the same round
+            model_problems = check_model(objective, model, parameters=search["parameters"],
+                                         model_path=model_path, metrics=search["metrics"])
+            if model_problems:
+                more.append(ConfigError(model_problems, source=str(model_path)))
+        raise ConfigError(chk.problems, source=str(hyper_path), more=more)
 
-    # save_path: top level (echo-opt), else optuna:save_path (aimlutils), else beside the YAML.
+    assert search["objective"] is not None  # a missing objective was reported above
+    config = HyperConfig(
+        hyper_path=hyper_path,
+        model_path=Path(model_path) if model_path is not None else None,
+        save_path=save_path,
+        log_file=log_file,
+        log_level=log_level,
+        optuna=OptunaSpec(**search, **running),
+        slurm=slurm,
+        pbs=pbs,
+        local_workers=local_workers,
+        overrides=tuple(overrides),
+        raw=copy.deepcopy(hyper),
+        format=file_format,
+        base_dir=base,
+    )
+    return config, model
+
+
+ModelCheck = Callable[..., "list[str]"]
+
+
+def _check_save_path(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], base: Path) -> Path:
+    """save_path: top level (echo-opt), else optuna:save_path (aimlutils), else beside the YAML."""
     raw_save = hyper.get("save_path", opt.get("save_path"))
     key = "save_path" if "save_path" in hyper else "optuna:save_path"
     if raw_save is None:
-        save_path = base / "hyper_opt_results"
-    elif not isinstance(raw_save, str) or not raw_save.strip():
+        return base / DEFAULT_SAVE_DIR
+    if not isinstance(raw_save, str) or not raw_save.strip():
         chk.add(key, f"must be a folder path, got {raw_save!r}")
-        save_path = base / "hyper_opt_results"
-    else:
-        save_path = _resolve(base, raw_save)
+        return base / DEFAULT_SAVE_DIR
+    return _resolve(base, raw_save)
 
+
+def _check_log(chk: _Checker, log: Any, base: Path, save_path: Path) -> tuple[Path | None, str]:
+    """The ``log`` section: (the log file or None, the level)."""
     log_file = None
-    log_level = "INFO"
-    log = hyper.get("log")
+    log_level = DEFAULT_LOG_LEVEL
     if isinstance(log, Mapping):
         chk.unknown_keys(log, LOG_KEYS, "log")
         if log.get("save_path") is not None:
@@ -789,7 +379,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
                 log_file = _resolve(base, log["save_path"])
             else:
                 chk.add("log:save_path", f"must be a file path, got {log['save_path']!r}")
-        level = str(log.get("level", "INFO")).upper()
+        level = str(log.get("level", DEFAULT_LOG_LEVEL)).upper()
         if level not in LOG_LEVELS:
             chk.add("log:level", f"got {log.get('level')!r}; allowed: {', '.join(LOG_LEVELS)}")
         else:
@@ -798,20 +388,62 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         chk.add("log", f"must be true/false or a mapping with save_path, got {log!r}")
     elif _as_bool(log):  # echo-opt: log: true keeps a log.txt in save_path
         log_file = save_path / "log.txt"
+    return log_file, log_level
 
+
+def _check_search(chk: _Checker, opt: Mapping[str, Any], *, base: Path, hyper_path: Path, save_path: Path,
+                  url_base: Path | None) -> dict[str, Any]:
+    """The ``optuna`` keys that define the search: OptunaSpec's fields up to ``db_retry_seconds``."""
+    study_name = _check_study_name(chk, opt)
+    metrics, directions = _check_metrics(chk, opt)
+    n_trials = opt.get("n_trials")
+    if n_trials is None:
+        chk.add("optuna:n_trials", "missing (the number of finished trials the study should reach)")
+        n_trials = 1
+    else:
+        n_trials = chk.integer(n_trials, "optuna:n_trials", minimum=1, default=1)
+    objective = None
+    if "objective" not in opt:
+        chk.add("optuna:objective", "missing (a .py file defining class Objective, or 'package.module:Class')")
+    else:
+        objective = _resolve_objective(chk, opt["objective"], base,
+                                       working_directory() if base == hyper_path.parent else hyper_path.parent)
+    parameters = _check_parameters(chk, opt.get("parameters"))
+    sampler = _check_component(chk, opt.get("sampler"), "optuna:sampler", "samplers")
+    pruner = _check_component(chk, opt.get("pruner"), "optuna:pruner", "pruners")
+    if pruner is not None and len(directions) > 1:
+        chk.add("optuna:pruner", "optuna cannot prune multi-objective studies; remove the pruner")
+    enqueue = _check_enqueue(chk, opt.get("enqueue") or [], parameters)
+    storage = _check_storage(chk, opt, save_path, study_name, url_base=url_base)
+    heartbeat, grace = _check_heartbeat(chk, opt, storage)
+    db_retry = opt.get("db_retry_seconds", DEFAULT_DB_RETRY_S)
+    if not _is_number(db_retry) or db_retry < 0:
+        chk.add("optuna:db_retry_seconds", f"must be a number of seconds >= 0, got {db_retry!r}")
+        db_retry = DEFAULT_DB_RETRY_S
+    return dict(study_name=study_name, storage=storage, objective=objective, metrics=metrics,
+                directions=directions, n_trials=n_trials, sampler=sampler, pruner=pruner,
+                parameters=parameters, enqueue=tuple(dict(e) for e in enqueue), heartbeat_interval=heartbeat,
+                grace_period=grace, db_retry_seconds=float(db_retry))
+
+
+def _check_study_name(chk: _Checker, opt: Mapping[str, Any]) -> str:
     study_name = opt.get("study_name")
     if study_name is None:  # aimlutils named the study after its file name, verbatim ("x.db")
         name = opt.get("name")
-        study_name = name if isinstance(name, str) and name else "hyper_opt"
-    study_name = chk.string(study_name, "optuna:study_name", default="hyper_opt") or "hyper_opt"
+        study_name = name if isinstance(name, str) and name else DEFAULT_STUDY_NAME
+    study_name = (chk.string(study_name, "optuna:study_name", default=DEFAULT_STUDY_NAME)
+                  or DEFAULT_STUDY_NAME)
     if not STUDY_NAME.match(study_name):
         chk.add("optuna:study_name" if "study_name" in opt else "optuna:name",
                 f"{study_name!r} is not a safe study name: use letters, digits and . _ + - only, starting "
                 "with a letter or digit, at most 128 characters (it names files under save_path and the "
                 "Slurm job)")
+    return study_name
 
-    metrics = chk.strings(opt.get("metric", "val_loss"), "optuna:metric")
-    directions = chk.strings(opt.get("direction", "minimize"), "optuna:direction")
+
+def _check_metrics(chk: _Checker, opt: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    metrics = chk.strings(opt.get("metric", DEFAULT_METRIC), "optuna:metric")
+    directions = chk.strings(opt.get("direction", DEFAULT_DIRECTION), "optuna:direction")
     for i, d in enumerate(directions):
         if d not in DIRECTIONS:
             where = "optuna:direction" if isinstance(opt.get("direction"), str) else f"optuna:direction:{i}"
@@ -821,28 +453,10 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
                 f"{list(metrics)}; give one direction per metric")
     if not metrics:
         chk.add("optuna:metric", "must name at least one metric returned by train()")
+    return metrics, directions
 
-    n_trials = opt.get("n_trials")
-    if n_trials is None:
-        chk.add("optuna:n_trials", "missing (the number of finished trials the study should reach)")
-        n_trials = 1
-    else:
-        n_trials = chk.integer(n_trials, "optuna:n_trials", minimum=1, default=1)
 
-    objective = None
-    if "objective" not in opt:
-        chk.add("optuna:objective", "missing (a .py file defining class Objective, or 'package.module:Class')")
-    else:
-        objective = _resolve_objective(chk, opt["objective"], base,
-                                       working_directory() if base == hyper_path.parent else hyper_path.parent)
-
-    parameters = _check_parameters(chk, opt.get("parameters"))
-    sampler = _check_component(chk, opt.get("sampler"), "optuna:sampler", "samplers")
-    pruner = _check_component(chk, opt.get("pruner"), "optuna:pruner", "pruners")
-    if pruner is not None and len(directions) > 1:
-        chk.add("optuna:pruner", "optuna cannot prune multi-objective studies; remove the pruner")
-
-    enqueue = opt.get("enqueue") or []
+def _check_enqueue(chk: _Checker, enqueue: Any, parameters: Sequence[ParameterSpec]) -> list[dict[str, Any]]:
     names = {p.name for p in parameters}
     if not isinstance(enqueue, list) or not all(isinstance(e, Mapping) for e in enqueue):
         chk.add("optuna:enqueue", f"must be a list of parameter mappings, got {enqueue!r}")
@@ -854,90 +468,38 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
             logger.warning("optuna:enqueue:%d:%s: not a parameter name (names: %s); ignored",
                            i, pname, ", ".join(sorted(names)))
         kept_enqueue.append({k: v for k, v in params.items() if k not in unknown})
-    enqueue = [e for e in kept_enqueue if e]
+    return [e for e in kept_enqueue if e]
 
-    storage = _check_storage(chk, opt, save_path, study_name,
-                             url_base=None if file_format == "hyper_opt" else base)
+
+def _check_heartbeat(chk: _Checker, opt: Mapping[str, Any], storage: StorageSpec) -> tuple[int | None, int | None]:
+    """(heartbeat_interval, grace_period); (None, None) when the heartbeat is off."""
     heartbeat: int | None = None
-    raw_hb = opt.get("heartbeat_interval", 60)
+    raw_hb = opt.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL_S)
     if storage.kind == "journal":
         if "heartbeat_interval" in opt and raw_hb:
             chk.add("optuna:heartbeat_interval", "the journal storage has no heartbeat; use sqlite or a database URL")
     elif raw_hb not in (None, 0, False):  # null or 0 turns the heartbeat off
-        heartbeat = chk.integer(raw_hb, "optuna:heartbeat_interval", minimum=1, default=60)
+        heartbeat = chk.integer(raw_hb, "optuna:heartbeat_interval", minimum=1, default=DEFAULT_HEARTBEAT_INTERVAL_S)
     grace = None
     if heartbeat:
         grace = chk.integer(opt.get("grace_period"), "optuna:grace_period", minimum=1, default=heartbeat * 2)
         if grace <= heartbeat:
             chk.add("optuna:grace_period", f"must be longer than heartbeat_interval ({heartbeat}), got {grace}")
-    db_retry = opt.get("db_retry_seconds", 600)
-    if not _is_number(db_retry) or db_retry < 0:
-        chk.add("optuna:db_retry_seconds", f"must be a number of seconds >= 0, got {db_retry!r}")
-        db_retry = 600
+    return heartbeat, grace
 
-    slurm = _check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
-    pbs = _check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
-    local = chk.mapping(hyper.get("local"), "local")
-    chk.unknown_keys(local, LOCAL_KEYS, "local")
-    local_workers = chk.integer(local.get("workers"), "local:workers", minimum=1, default=1)
 
-    if model is not None and parameters:
-        _check_model_paths(chk, parameters, model, strict=strict, model_path=model_path)
-
+def _check_running(chk: _Checker, opt: Mapping[str, Any], file_format: str) -> dict[str, Any]:
+    """The ``optuna`` keys about running trials: OptunaSpec's reload, gpu and retry fields."""
     reload_explicit = chk.boolean(opt.get("reload"), "optuna:reload", default=False)
     reload = reload_explicit
     if "reload" not in opt and file_format == "echo":
         reload = True  # echo-opt always continued an existing study (said by open_study when it does)
     gpu = _gpu_flag(chk, opt.get("gpu"))
-    max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=2)
+    max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=DEFAULT_MAX_RETRY)
     max_failures = chk.integer(opt.get("max_consecutive_failures"), "optuna:max_consecutive_failures",
-                               minimum=1, default=10)
-    if chk.problems:
-        more = []
-        if objective is not None and model is not None:  # the model file's problems in the same round
-            model_problems = objective_problems(objective, model, parameters=parameters, model_path=model_path,
-                                                metrics=metrics)
-            if model_problems:
-                more.append(ConfigError(model_problems, source=str(model_path)))
-        raise ConfigError(chk.problems, source=str(hyper_path), more=more)
-
-    assert objective is not None  # a missing objective was reported above
-    spec = OptunaSpec(
-        study_name=study_name,
-        storage=storage,
-        objective=objective,
-        metrics=metrics,
-        directions=directions,
-        n_trials=n_trials,
-        reload=reload,
-        gpu=gpu,
-        sampler=sampler,
-        pruner=pruner,
-        parameters=parameters,
-        enqueue=tuple(dict(e) for e in enqueue),
-        heartbeat_interval=heartbeat,
-        grace_period=grace,
-        max_retry=max_retry,
-        max_consecutive_failures=max_failures,
-        db_retry_seconds=float(db_retry),
-        reload_explicit=reload_explicit,
-    )
-    config = HyperConfig(
-        hyper_path=hyper_path,
-        model_path=Path(model_path) if model_path is not None else None,
-        save_path=save_path,
-        log_file=log_file,
-        log_level=log_level,
-        optuna=spec,
-        slurm=slurm,
-        pbs=pbs,
-        local_workers=local_workers,
-        overrides=tuple(overrides),
-        raw=copy.deepcopy(hyper),
-        format=file_format,
-        base_dir=base,
-    )
-    return config, model
+                               minimum=1, default=DEFAULT_MAX_CONSECUTIVE_FAILURES)
+    return dict(reload=reload, gpu=gpu, max_retry=max_retry, max_consecutive_failures=max_failures,
+                reload_explicit=reload_explicit)
 
 
 _FALSE_WORDS = ("", "0", "false", "no", "off", "none", "cpu")
@@ -957,8 +519,6 @@ def _check_model_paths(chk: _Checker, parameters: Sequence[ParameterSpec], model
                        *, strict: bool, model_path: Path | None) -> None:
     """Parameters whose key is not a path of the model config are only suggested (for
     ``custom_updates``); list them once so that a typo is visible, or refuse them with --strict."""
-    from hyper_opt.space import has_path
-
     missing = [p.key for p in parameters if not has_path(model, p.path)]
     if not missing:
         return
@@ -969,51 +529,5 @@ def _check_model_paths(chk: _Checker, parameters: Sequence[ParameterSpec], model
 
 def missing_model_paths(config: HyperConfig, model: Mapping[str, Any]) -> list[str]:
     """The parameter keys that are not paths of the model config."""
-    from hyper_opt.space import has_path
-
     return [p.key for p in config.optuna.parameters if not has_path(model, p.path)]
 
-
-def check_objective_config(config: HyperConfig, model: Mapping[str, Any] | None) -> None:
-    """Let the objective class check the model config before any trial runs.
-
-    An objective class may define ``validate_config(model_config) -> list[str]`` (a classmethod or
-    staticmethod returning problems, each naming its key path); the built-in metric-learning
-    objective does. Problems are raised as one ConfigError naming the model file.
-    """
-    from hyper_opt.exceptions import ObjectiveError
-    from hyper_opt.objective import load_module
-
-    if model is None:
-        return
-    try:
-        load_module(config.optuna.objective)
-    except ObjectiveError as err:
-        raise ConfigError([f"optuna:objective: {err}"], source=str(config.hyper_path)) from None
-    problems = objective_problems(config.optuna.objective, model, parameters=config.optuna.parameters,
-                                  model_path=config.model_path, metrics=config.optuna.metrics)
-    if problems:
-        raise ConfigError(problems, source=str(config.model_path or "the model config"))
-
-
-def objective_problems(objective: ObjectiveSpec, model: Mapping[str, Any], *,
-                       parameters: Sequence[ParameterSpec], model_path: Path | None,
-                       metrics: Sequence[str]) -> list[str]:
-    """The objective class's ``validate_config`` problems with the model config ([] when it has
-    none, or when the objective cannot be imported: that is reported for the hyperparameter file)."""
-    from hyper_opt.exceptions import ObjectiveError
-    from hyper_opt.objective import load_module
-
-    try:
-        module = load_module(objective)
-    except ObjectiveError:
-        return []
-    validate = getattr(getattr(module, objective.class_name, None), "validate_config", None)
-    if validate is None:
-        return []
-    accepted = inspect.signature(validate).parameters
-    extra: dict[str, Any] = {"parameters": parameters,
-                             "base_dir": model_path.parent if model_path else None,
-                             "metric": metrics[0] if len(metrics) == 1 else list(metrics)}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    return list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])

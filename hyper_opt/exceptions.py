@@ -60,3 +60,10 @@ class MetricMissingError(HyperOptError):
 
 class MetricValueError(HyperOptError):
     """``train`` returned a metric that is not a finite number (NaN, inf, a string): the trial fails."""
+
+
+class Interrupted(BaseException):
+    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM, the job ending).
+
+    A BaseException, like KeyboardInterrupt, so that a user's ``except Exception:`` in ``train``
+    does not swallow the stop request."""

@@ -1,4 +1,4 @@
-"""``BaseObjective``: what a user's ``Objective`` class inherits, and how hyper_opt loads it.
+"""``BaseObjective``: what a user's ``Objective`` class inherits (:mod:`hyper_opt.loader` loads it).
 
 A user writes one method, ``train(trial, conf)``, returning a dict that holds the metric(s).
 The base class suggests the parameters, patches them into a copy of the model config, calls
@@ -10,25 +10,20 @@ have: the aimlutils one ``(study, config, metric, device)`` and echo-opt's
 
 from __future__ import annotations
 
-import copy
-import importlib
-import importlib.util
-import inspect
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import space
-from hyper_opt.exceptions import MetricMissingError, MetricValueError, ObjectiveError
+from hyper_opt.exceptions import Interrupted, MetricMissingError, MetricValueError, ObjectiveError
 
 if TYPE_CHECKING:
     import optuna
 
-    from hyper_opt.config import HyperConfig, ObjectiveSpec, ParameterSpec
+    from hyper_opt.schema import ParameterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +84,6 @@ class BaseObjective:
 
         trial.report(float(value), step)
         if self._stop_event is not None and self._stop_event.is_set():
-            from hyper_opt.worker import Interrupted
-
             raise Interrupted(f"the job is ending; trial stopped at step {step}, to be resumed")
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} with value {float(value):.6g}")
@@ -210,105 +203,7 @@ def _jsonable(value: Any) -> float | int | str | None:
     return number if math.isfinite(number) else str(number)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_module(spec: ObjectiveSpec) -> Any:
-    """Import the objective's module (a file, or an importable module)."""
-    if spec.module is not None:
-        try:
-            return importlib.import_module(spec.module)
-        except Exception as err:
-            raise ObjectiveError(f"importing objective module {spec.module!r} failed: {err}") from err
-    assert spec.file is not None
-    return import_file(spec.file, what="objective file")
-
-
-def import_file(path: Path, *, what: str) -> Any:
-    """Import a user's Python file once per process (its folder goes on sys.path, so that it can
-    import its sibling modules); errors become ObjectiveError naming ``what`` and the file."""
-    from hyper_opt import compat
-
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    name = f"hyper_opt_user_{abs(hash(str(path)))}"
-    if name in sys.modules:
-        return sys.modules[name]
-    compat.install()  # echo.src.* / aimlutils.hyper_opt.* resolve when the predecessor is absent
-    before = set(compat.used())
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ObjectiveError(f"cannot load {what} {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[name]
-        raise ObjectiveError(f"importing {what} {path} failed: {type(err).__name__}: {err}") from err
-    aliased = [n for n in compat.used() if n not in before]
-    if aliased:
-        logger.info("%s: %s", path.name, compat.migration_hint(aliased))
-    return module
-
-
-def objective_config(config: HyperConfig, model: Mapping[str, Any]) -> dict[str, Any]:
-    """The config an Objective is constructed with: the model config plus, as aimlutils and
-    echo-opt did, the hyperparameter file's ``optuna`` section under ``optuna`` (unless the model
-    config has its own ``optuna`` key)."""
-    conf = copy.deepcopy(dict(model))
-    if "optuna" not in conf:
-        section = copy.deepcopy(dict(config.raw.get("optuna") or {}))
-        section["save_path"] = str(config.save_path)
-        if isinstance(section.get("storage"), str):  # user code never sees the database password
-            from hyper_opt.config import mask_url
-
-            section["storage"] = mask_url(section["storage"])
-        conf["optuna"] = section
-    return conf
-
-
-def instantiate(config: HyperConfig, model: Mapping[str, Any], *, study: Any, device: str) -> BaseObjective:
-    """Load the user's class and construct it with whichever signature it declares."""
-    module = load_module(config.optuna.objective)
-    cls = getattr(module, config.optuna.objective.class_name, None)
-    if not inspect.isclass(cls):
-        raise ObjectiveError(f"{config.optuna.objective.describe()} is not a class")
-    metric: str | list[str] = (config.optuna.metrics[0] if len(config.optuna.metrics) == 1
-                               else list(config.optuna.metrics))
-    conf = objective_config(config, model)
-    available = {"study": study, "config": conf, "metric": metric, "device": device}
-    try:
-        params = [p for p in inspect.signature(cls.__init__).parameters.values()][1:]
-    except (TypeError, ValueError):
-        params = []
-    takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if named and all(p.name in available for p in named if p.default is p.empty):
-        kwargs = {p.name: available[p.name] for p in named if p.name in available}
-        if takes_var_kw:
-            kwargs.update({k: v for k, v in available.items() if k != "study" and k not in kwargs})
-    elif not named and takes_var_kw:
-        kwargs = {k: v for k, v in available.items() if k != "study"}
-    else:
-        raise ObjectiveError(
-            f"{config.optuna.objective.describe()}.__init__ takes ({', '.join(p.name for p in params)}); "
-            "hyper_opt passes study, config, metric and device by name: use "
-            "__init__(self, config, metric='val_loss', device='cpu') or add study first")
-    try:
-        objective = cls(**kwargs)
-    except Exception as err:
-        raise ObjectiveError(f"constructing {config.optuna.objective.describe()} failed: "
-                             f"{type(err).__name__}: {err}") from err
-    if not isinstance(objective, BaseObjective):
-        raise ObjectiveError(f"{config.optuna.objective.describe()} must subclass hyper_opt.BaseObjective "
-                             "(from hyper_opt import BaseObjective)")
-    objective.bind(parameters=config.optuna.parameters,
-                   custom_updates=getattr(module, "custom_updates", None),
-                   device=device, study=study, save_path=config.save_path)
-    objective.model_path = config.model_path  # relative paths in the model config resolve against its folder
-    return objective
+# --------------------------------------------------------------------------- device
 
 
 def pick_device(env: Mapping[str, str] | None = None) -> str:

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt.cli import add_common_arguments
+from hyper_opt.cli.common import add_common_arguments
 from hyper_opt.exceptions import ConfigError
 
 if TYPE_CHECKING:
     import optuna
 
-    from hyper_opt.config import HyperConfig
+    from hyper_opt.schema import HyperConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Rerun:
 def find_trial(config: HyperConfig, trials: Sequence[optuna.trial.FrozenTrial], which: int | str,
                directions: Sequence[str]) -> optuna.trial.FrozenTrial:
     """The trial ``--trial`` names, or a ConfigError saying which ones exist."""
-    from hyper_opt.report import best_trials
+    from hyper_opt.trials import best_trials
 
     if which == "best":
         best = best_trials(trials, directions)
@@ -125,7 +125,8 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
 
     import optuna
 
-    from hyper_opt.objective import instantiate, pick_device
+    from hyper_opt.loader import instantiate
+    from hyper_opt.objective import pick_device
     from hyper_opt.study import open_study
 
     opened = open_study(config, create=False)
@@ -168,7 +169,7 @@ def comparison(config: HyperConfig, result: Rerun) -> str:
         return (f"trial {t.number} was pruned{f' after step {step}' if step is not None else ''}; "
                 f"this run trained to the end: {now}")
     if t.state.name == "FAIL":
-        from hyper_opt.report import error_line
+        from hyper_opt.report.summary import error_line
 
         error = error_line(t.user_attrs.get("error") or "") or "no error recorded"
         return f"trial {t.number} failed ({error}); this run completed: {now}"
@@ -176,7 +177,7 @@ def comparison(config: HyperConfig, result: Rerun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import setup_logging, load_from_args
+    from hyper_opt.cli.common import setup_logging, load_from_args
     from hyper_opt.exceptions import HyperOptError
 
     config, model = load_from_args(args)

@@ -15,13 +15,38 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
-from hyper_opt.config import mask_url
 from hyper_opt.exceptions import ConfigError
 
 ENV = "HYPER_OPT_OVERRIDES"
 _SECRET_KEYS = ("password", "passwd", "secret", "token")
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (``user:pw@``, ``:pw@``, ``?password=``) replaced by ``***``,
+    for logs, messages and the config handed to user code.
+
+    A password may hold an unquoted ``@`` (``u:p@ss@host``): the user part ends at the last ``@``
+    before the query. The result is rendered by SQLAlchemy's URL when it parses."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, password = head[:at].partition(":")
+        head = (f"{user}:***" if colon else user) + "@" + head[at + 1:]
+    query = _SECRET_QUERY.sub(r"\1***", sep + query)[1:] if sep else ""
+    masked = f"{scheme}://{head}{sep}{query}"
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.make_url(masked).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    except Exception:  # not a URL SQLAlchemy knows: the masked text as it is
+        return masked
 
 
 def is_secret(override: str) -> bool:

@@ -1,4 +1,5 @@
-"""The search space: parameter specs -> ``trial.suggest_*``, and colon paths into the model config.
+"""The search space: ``optuna:parameters`` checked into specs, specs -> ``trial.suggest_*``, and
+the suggested values patched into a copy of the model config.
 
 A parameter key ``optimizer:learning_rate`` is a path into the model config; list items are
 addressed by index (``layers:0:units``). A key that is not a path of the model config is still
@@ -8,65 +9,18 @@ suggested, so that ``custom_updates`` can use it, but patches nothing.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, MutableMapping, Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from hyper_opt.checker import Checker, is_int, is_number
+from hyper_opt.keypath import get_path, has_path, set_path  # noqa: F401 - re-exported (moved to keypath)
+from hyper_opt.schema import PARAM_SETTINGS, ParameterSpec
 
 if TYPE_CHECKING:
     import optuna
 
-    from hyper_opt.config import ParameterSpec
-
-
-def _step(node: Any, part: str) -> Any:
-    if isinstance(node, Mapping):
-        if part in node:
-            return node[part]
-        # YAML keys may be ints or bools; a colon path is always text.
-        for key in node:
-            if str(key) == part:
-                return node[key]
-        raise KeyError(part)
-    if isinstance(node, list):
-        return node[_index(part, len(node))]
-    raise TypeError(f"cannot step into {type(node).__name__} with {part!r}")
-
-
-def _index(part: str, length: int) -> int:
-    index = int(part)  # ValueError -> not a list index
-    if not -length <= index < length:
-        raise IndexError(part)
-    return index
-
-
-def get_path(config: Any, path: Sequence[str]) -> Any:
-    """The value at ``path``; KeyError/IndexError/TypeError/ValueError when it is not there."""
-    node = config
-    for part in path:
-        node = _step(node, part)
-    return node
-
-
-def has_path(config: Any, path: Sequence[str]) -> bool:
-    try:
-        get_path(config, path)
-    except (KeyError, IndexError, TypeError, ValueError):
-        return False
-    return True
-
-
-def set_path(config: Any, path: Sequence[str], value: Any) -> None:
-    """Set an existing path in place (the path must exist: see :func:`has_path`)."""
-    parent = get_path(config, path[:-1])
-    last = path[-1]
-    if isinstance(parent, list):
-        parent[_index(last, len(parent))] = value
-        return
-    assert isinstance(parent, MutableMapping)
-    for key in parent:
-        if key == last or str(key) == last:
-            parent[key] = value
-            return
-    parent[last] = value
+logger = logging.getLogger("hyper_opt.config")  # the messages belong to reading the config
 
 
 def suggest(trial: optuna.trial.BaseTrial, spec: ParameterSpec) -> Any:
@@ -104,3 +58,99 @@ def patch(model_config: Mapping[str, Any], specs: Sequence[ParameterSpec],
         if spec.name in values_by_name and has_path(conf, spec.path):
             set_path(conf, spec.path, values_by_name[spec.name])
     return conf
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_parameters(chk: Checker, raw: Any) -> tuple[ParameterSpec, ...]:
+    """``optuna:parameters`` -> specs; every problem is added to ``chk`` with its key path."""
+    section = chk.mapping(raw, "optuna:parameters")
+    specs: list[ParameterSpec] = []
+    seen_names: dict[str, str] = {}
+    for key, body in section.items():
+        path = f"optuna:parameters:{key}"
+        key = str(key)
+        if not isinstance(body, Mapping):
+            chk.add(path, f"must be a mapping with 'type' and 'settings', got {body!r}")
+            continue
+        chk.unknown_keys(body, ("type", "settings"), path)
+        ptype = body.get("type")
+        if ptype not in PARAM_SETTINGS:
+            chk.add(f"{path}:type", f"got {ptype!r}; allowed: {', '.join(PARAM_SETTINGS)}")
+            continue
+        settings = body.get("settings")
+        if not isinstance(settings, Mapping):
+            chk.add(f"{path}:settings", f"must be a mapping of {ptype} settings, got {settings!r}")
+            continue
+        settings = dict(settings)
+        name = settings.pop("name", key)
+        if not isinstance(name, str) or not name:
+            chk.add(f"{path}:settings:name", f"must be a non-empty string, got {name!r}")
+            continue
+        if name in seen_names:
+            first = next(p for p in specs if p.key == seen_names[name]) if any(
+                p.key == seen_names[name] for p in specs) else None
+            if first is None or first.type != ptype or dict(first.settings) != settings:
+                chk.add(f"{path}:settings:name",
+                        f"{name!r} is already the name of parameter {seen_names[name]!r}; names must be "
+                        "unique (or the two keys must have the same type and settings)")
+                continue
+            logger.warning("%s:settings:name: %r is also the name of %r, so both get the same value in "
+                           "every trial (as with aimlutils); give it its own name to search it separately",
+                           path, name, seen_names[name])
+        seen_names.setdefault(name, key)
+        required, optional = PARAM_SETTINGS[ptype]
+        ok = True
+        for req in required:
+            if req not in settings:
+                chk.add(f"{path}:settings", f"missing {req!r} (a {ptype} parameter needs {', '.join(required)})")
+                ok = False
+        for extra in settings:
+            if extra not in required and extra not in optional:
+                chk.add(f"{path}:settings:{extra}",
+                        f"not a {ptype} setting (allowed: {', '.join(('name',) + required + optional)})")
+                ok = False
+        if ok and not _check_values(chk, path, ptype, settings):
+            ok = False
+        if ok:
+            specs.append(ParameterSpec(key=key, type=ptype, name=name, settings=settings))
+    return tuple(specs)
+
+
+def _check_values(chk: Checker, path: str, ptype: str, s: Mapping[str, Any]) -> bool:
+    before = len(chk.problems)
+    if ptype == "categorical":
+        choices = s["choices"]
+        if not isinstance(choices, list) or not choices:
+            chk.add(f"{path}:settings:choices", f"must be a non-empty list, got {choices!r}")
+        elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            chk.add(f"{path}:settings:choices",
+                    f"choices must be None, bool, int, float or str (optuna stores them), got {choices!r}")
+        return len(chk.problems) == before
+    low, high = s["low"], s["high"]
+    number = is_int if ptype == "int" else is_number
+    kind = "an integer" if ptype == "int" else "a number"
+    for key, value in (("low", low), ("high", high)):
+        if not number(value):
+            chk.add(f"{path}:settings:{key}", f"must be {kind}, got {value!r}")
+    if len(chk.problems) != before:
+        return False
+    if low > high:
+        chk.add(f"{path}:settings", f"low ({low!r}) must not be greater than high ({high!r})")
+    log = ptype == "loguniform" or bool(s.get("log", False))
+    if "log" in s and not isinstance(s["log"], bool):
+        chk.add(f"{path}:settings:log", f"must be true or false, got {s['log']!r}")
+    if log and low <= 0:
+        chk.add(f"{path}:settings:low", f"must be > 0 on a log scale, got {low!r}")
+    step = s.get("q" if ptype == "discrete_uniform" else "step")
+    if step is not None:
+        step_key = "q" if ptype == "discrete_uniform" else "step"
+        if not number(step) or step <= 0:
+            chk.add(f"{path}:settings:{step_key}", f"must be {kind} > 0, got {step!r}")
+        elif log and ptype != "int":
+            chk.add(f"{path}:settings", "'step' and 'log: true' cannot be used together")
+        elif log and ptype == "int" and step != 1:
+            chk.add(f"{path}:settings", "an int parameter with 'log: true' needs step 1")
+    return len(chk.problems) == before
+

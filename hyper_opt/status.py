@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import IO
 
-from hyper_opt.config import HyperConfig
+from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import describe
 from hyper_opt.study import best_summary, counts, n_finished, open_study
 

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -30,8 +29,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hyper_opt.config import OptunaSpec, StorageSpec, mask_url
 from hyper_opt.exceptions import StorageError, StorageRefusedError
+from hyper_opt.registry import quiet_experimental, retry_callback
+from hyper_opt.schema import OptunaSpec, StorageSpec
+from hyper_opt.secrets import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -76,8 +77,6 @@ def _prepare_sqlite(path: Path) -> None:
 
 def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
     """The optuna storage for a study, with heartbeat and retry of stale trials where supported."""
-    import warnings
-
     import optuna
 
     st = spec.storage
@@ -97,15 +96,10 @@ def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
-                        if spec.max_retry > 0 else None)
         heartbeat = {"heartbeat_interval": spec.heartbeat_interval, "grace_period": spec.grace_period,
-                     "heartbeat_stale_trial_callback": callback}
+                     "heartbeat_stale_trial_callback": retry_callback(spec.max_retry)}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet_experimental():
             return optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as err:  # sqlalchemy/driver errors: unreachable server, bad credentials
         raise StorageError(f"cannot open the study storage {describe(st)}: {_first_line(err)}") from err
@@ -429,27 +423,3 @@ class BudgetLock:
             yield self
         finally:
             self.release()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def retry_callback(storage: Any, max_retry: int) -> Any:
-    """What re-queues a failed trial's copy: the storage's own stale-trial callback, else (no
-    heartbeat: the journal storage, ``heartbeat_interval: null``) one for ``max_retry``; None
-    when ``max_retry`` is 0."""
-    import optuna
-
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    if callback is None and max_retry > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-    return callback

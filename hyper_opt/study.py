@@ -1,4 +1,4 @@
-"""The optuna study: samplers and pruners by name, create-or-load, enqueue, and the global budget.
+"""The optuna study: create-or-load, enqueue, and the global budget.
 
 The study in the storage is the single source of truth: every other file hyper_opt writes is
 derived from it. It is created (and ``enqueue`` applied) once, by ``optimize`` or by the first
@@ -13,8 +13,9 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt.config import ComponentSpec, HyperConfig, build_component
 from hyper_opt.exceptions import ConfigError, StudyExistsError
+from hyper_opt.registry import make_pruner, make_sampler, quiet_experimental  # noqa: F401 - re-exported
+from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import BudgetLock, describe, is_connection_error, make_storage, with_db_retry
 
 if TYPE_CHECKING:
@@ -23,25 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENQUEUED_ATTR = "hyper_opt:enqueued"
-
-
-def make_sampler(spec: ComponentSpec | None, *, worker_index: int = 0) -> optuna.samplers.BaseSampler | None:
-    """The configured sampler (None: optuna's default). A ``seed`` is offset by the worker index,
-    so that workers do not draw the same random start-up trials."""
-    if spec is None:
-        return None
-    if "seed" in spec.kwargs and spec.kwargs["seed"] is not None and worker_index:
-        spec = ComponentSpec(spec.type, {**spec.kwargs, "seed": int(spec.kwargs["seed"]) + worker_index})
-    return build_component(spec, "samplers")
-
-
-def make_pruner(spec: ComponentSpec | None) -> optuna.pruners.BasePruner:
-    """The configured pruner, or NopPruner: a study never prunes unless a pruner is named."""
-    import optuna
-
-    if spec is None:
-        return optuna.pruners.NopPruner()
-    return build_component(spec, "pruners")
 
 
 def _load(config: HyperConfig, storage: Any, *, worker_index: int) -> optuna.Study:
@@ -247,8 +229,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """optuna's stale-trial check (marked experimental, stable since 2.9), without its warning."""
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
 

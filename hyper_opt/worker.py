@@ -29,16 +29,17 @@ import statistics
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
-from hyper_opt.config import HyperConfig
-from hyper_opt.exceptions import HyperOptError, StorageError
-from hyper_opt.objective import BaseObjective, instantiate, pick_device
-from hyper_opt.storage import is_connection_error, retry_callback, with_db_retry
+from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.loader import instantiate
+from hyper_opt.objective import BaseObjective, pick_device
+from hyper_opt.registry import requeue_callback
+from hyper_opt.schema import HyperConfig
+from hyper_opt.storage import with_db_retry
 from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
 
 if TYPE_CHECKING:
@@ -56,13 +57,6 @@ class Stop(enum.Enum):
     SIGNAL = "interrupted"
     FAILURES = "too many consecutive failed trials"
     MAX_TRIALS = "this worker's own trial limit was reached"
-
-
-class Interrupted(BaseException):
-    """Raised inside ``train`` when the worker is asked to stop (SIGINT/SIGTERM, the job ending).
-
-    A BaseException, like KeyboardInterrupt, so that a user's ``except Exception:`` in ``train``
-    does not swallow the stop request."""
 
 
 @dataclass
@@ -363,7 +357,7 @@ class Worker:
     def _retry(self, opened: Opened, frozen: optuna.trial.FrozenTrial) -> None:
         """Re-queue an interrupted trial (scancel, preemption, Ctrl-C) like a stale one: a WAITING
         copy with the same parameters, within optuna:max_retry."""
-        callback = retry_callback(opened.storage, self.config.optuna.max_retry)
+        callback = requeue_callback(opened.storage, self.config.optuna.max_retry)
         if callback is not None:
             with_db_retry(lambda: callback(opened.study, frozen), seconds=self.config.optuna.db_retry_seconds,
                           what=f"re-queueing trial {frozen.number}")
@@ -430,7 +424,3 @@ class Worker:
             "number": trial.number, "state": state.name, "values": values, "params": trial.params,
             "error": error, **run_context()}, indent=2, default=str))
         logger.error("the database stayed unreachable; trial %d's result is kept in %s", trial.number, path)
-
-
-def is_db_down(err: BaseException) -> bool:
-    return is_connection_error(err) or isinstance(err, StorageError)

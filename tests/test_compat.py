@@ -15,7 +15,7 @@ import yaml
 from hyper_opt import compat
 from hyper_opt.config import load_config
 from hyper_opt.exceptions import ConfigError, MetricMissingError
-from hyper_opt.objective import import_file, instantiate
+from hyper_opt.loader import import_file, instantiate
 
 from .conftest import write_search
 
@@ -237,9 +237,11 @@ def test_config_and_model_problems_come_in_one_round(tmp_path: Path) -> None:
             def train(self, trial, conf):
                 return {"val_loss": 0.0}
     ''')
+    from hyper_opt.loader import load_config as load_checked  # the objective's validate_config runs there
+
     s = write_search(tmp_path / "s", objective=objective, optuna={"n_trials": -3})
     with pytest.raises(ConfigError) as info:
-        load_config(s.hyper, s.model)
+        load_checked(s.hyper, s.model)
     message = str(info.value)
     assert "optuna:n_trials" in message and "ok: must be true" in message
     assert str(s.hyper) in message and str(s.model) in message

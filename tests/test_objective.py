@@ -11,7 +11,8 @@ import pytest
 
 from hyper_opt.config import load_config
 from hyper_opt.exceptions import MetricMissingError, ObjectiveError
-from hyper_opt.objective import BaseObjective, instantiate, pick_device
+from hyper_opt.loader import instantiate
+from hyper_opt.objective import BaseObjective, pick_device
 
 from .conftest import write_search
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hyper_opt import space
-from hyper_opt.config import PARAM_SETTINGS, ParameterSpec
+from hyper_opt.schema import PARAM_SETTINGS, ParameterSpec
 from hyper_opt.exceptions import ConfigError, MetricMissingError
 from hyper_opt.objective import BaseObjective
 

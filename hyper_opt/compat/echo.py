@@ -20,8 +20,9 @@ import yaml
 
 from hyper_opt import pruning
 from hyper_opt.compat._legacy import LegacyObjective, supported_trials, trial_suggest_loader
-from hyper_opt.config import ComponentSpec, build_component, public_classes
 from hyper_opt.exceptions import ConfigError
+from hyper_opt.registry import build_component, public_classes
+from hyper_opt.schema import ComponentSpec
 
 logger = logging.getLogger("echo")
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from hyper_opt.cli import add_common_arguments, load_from_args
+from hyper_opt.cli.common import add_common_arguments, load_from_args
 from hyper_opt.exceptions import SubmissionError
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,9 @@ def fail_trials_of_jobs(opened, job_ids: list[str], *, max_retry: int,  # type: 
     import optuna
 
     wanted = {str(j) for j in job_ids} | {_job_key(str(j)) for j in job_ids}
-    from hyper_opt.storage import retry_callback
+    from hyper_opt.registry import requeue_callback
 
-    callback = retry_callback(opened.storage, max_retry)
+    callback = requeue_callback(opened.storage, max_retry)
     done = []
     for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
         job = str(trial.user_attrs.get("slurm_job_id", "") or trial.user_attrs.get("pbs_job_id", ""))

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hyper_opt.config import SchedulerSpec
+    from hyper_opt.schema import SchedulerSpec
 
 logger = logging.getLogger(__name__)
 

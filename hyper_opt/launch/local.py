@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hyper_opt import secrets
-from hyper_opt.config import HyperConfig
+from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
 from hyper_opt.study import Opened, best_summary, counts, n_finished
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hyper_opt.config import HyperConfig, SchedulerSpec
+from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.pbs_env import parse_qstat_full, walltime_seconds
 from hyper_opt.results import atomic_write_text

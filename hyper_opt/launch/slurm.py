@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper_opt import secrets
-from hyper_opt.config import HyperConfig, SchedulerSpec
+from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
                                   visible_gpus)
@@ -180,7 +180,13 @@ def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
 
 def sbatch_script(config: HyperConfig) -> str:
     """The job script exactly as submitit will write it (for --dry-run and the golden test)."""
-    executor = make_executor(config)
+    return _submitit_script_text(make_executor(config))
+
+
+def _submitit_script_text(executor: Any) -> str:
+    """The one call into submitit's private API (``_make_submission_file_text``, submitit 1.5):
+    submitit has no public way to render the sbatch file without submitting. Fenced here, checked
+    by the golden test (tests/golden/sbatch_basic.sh) and bounded by ``submitit>=1.5,<2`` in setup.cfg."""
     return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
 
 

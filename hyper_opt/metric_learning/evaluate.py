@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hyper_opt.cli import add_common_arguments
+from hyper_opt.cli.common import add_common_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.cli import load_from_args, setup_logging
+    from hyper_opt.cli.common import load_from_args, setup_logging
 
     config, model = load_from_args(args)
     setup_logging("WARNING", debug=args.debug)

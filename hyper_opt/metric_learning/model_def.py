@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from hyper_opt.exceptions import ObjectiveError
-from hyper_opt.objective import import_file
+from hyper_opt.loader import import_file
 
 TRAINER_KEYS = ("models", "optimizers", "loss_funcs", "mining_funcs", "loss_weights", "lr_schedulers")
 

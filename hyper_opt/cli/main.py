@@ -1,0 +1,86 @@
+"""The ``hyper-opt`` parser and entry point: each command lives in its own module.
+
+A command module has ``add_arguments(parser)`` and ``run(args) -> int`` and imports nothing heavy
+at module level. A :class:`HyperOptError` is printed as one message with exit code 2; ``--debug``
+shows its traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from hyper_opt.cli.common import EXIT_USAGE
+from hyper_opt.exceptions import HyperOptError
+
+logger = logging.getLogger("hyper_opt")
+
+COMMANDS = (
+    ("optimize", "hyper_opt.cli.optimize", "create or continue the study and run its workers"),
+    ("run", "hyper_opt.cli.run", "run one worker loop (what each job and local worker runs)"),
+    ("status", "hyper_opt.cli.status", "trials by state, best trial and progress of a study"),
+    ("cancel", "hyper_opt.launch.cancel", "cancel the study's Slurm or PBS jobs; their running trials are retried"),
+    ("report", "hyper_opt.report", "write trials.csv, best.yml, plots and a summary under save_path/report"),
+    ("rerun", "hyper_opt.rerun", "run the objective once with one trial's parameters, outside the study"),
+    ("test", "hyper_opt.metric_learning.evaluate", "evaluate a metric-learning trial on the held-out test classes"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyper-opt", description="Hyperparameter searches with optuna, "
+                                     "on one machine or as Slurm or PBS jobs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, default_command: str | None = None) -> int:
+    """Entry point of ``hyper-opt`` and ``python optimize.py`` (which defaults to ``optimize``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from hyper_opt.config import CWD_ENV
+
+    parser = build_parser()
+    commands = {"optimize", "run", "status", "cancel", "report", "test", "rerun", "-h", "--help"}
+    if default_command and (not argv or argv[0] not in commands):
+        argv.insert(0, default_command)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    # Relative paths of the predecessors' files are read from where the search was started:
+    # the workers and jobs started from here inherit that directory through the environment.
+    set_cwd = CWD_ENV not in os.environ
+    if set_cwd:
+        os.environ[CWD_ENV] = os.getcwd()
+    set_backend = "KERAS_BACKEND" not in os.environ and _keras_needs_torch_backend()
+    if set_backend:  # Keras 3 defaults to TensorFlow; without it, run Keras files on torch
+        os.environ["KERAS_BACKEND"] = "torch"
+    try:
+        return func(args)
+    except HyperOptError as err:
+        if args.debug:
+            logger.exception("error")
+        print(f"hyper-opt {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hyper-opt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if set_cwd:
+            os.environ.pop(CWD_ENV, None)
+        if set_backend:
+            os.environ.pop("KERAS_BACKEND", None)
+
+
+def _keras_needs_torch_backend() -> bool:
+    """True when Keras would look for TensorFlow, which is not installed, while torch is."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("torch") is not None

@@ -1,0 +1,176 @@
+"""``hyper-opt optimize``: create or continue the study, then run its workers here or submit jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
+
+logger = logging.getLogger("hyper_opt")
+
+SCHEDULERS = ("slurm", "pbs")
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--local", action="store_true", help="run on this machine even if a slurm or pbs section exists")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="which section submits when the file has both slurm and pbs (default: the one "
+                        "whose submit command, sbatch or qsub, is on PATH)")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (local:workers)")
+    p.add_argument("--reload", action="store_true", help="continue an existing study (optuna:reload: 1)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete an existing study of the same name first (refused while trials run)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse parameters whose key is not a path of the model config")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; submit nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hyper_opt.config import missing_model_paths
+    from hyper_opt.loader import check_objective_config
+    from hyper_opt.results import write_trials_csv
+    from hyper_opt.storage import describe, with_db_retry
+    from hyper_opt.study import best_summary, counts, n_finished, open_study
+
+    if args.reload:
+        args.overrides.append("optuna:reload=1")
+    if args.workers is not None:
+        args.overrides.append(f"local:workers={args.workers}")
+    config, model = load_from_args(args, strict=args.strict)
+    check_objective_config(config, model)
+    setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
+    from hyper_opt import compat
+
+    if compat.used():  # the objective was imported (and checked) before logging was set up
+        logger.info("%s: %s", config.optuna.objective.describe(), compat.migration_hint(compat.used()))
+    missing = missing_model_paths(config, model or {})
+    if missing:
+        logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
+                    config.model_path.name if config.model_path else "the model config", ", ".join(missing))
+    scheduler = choose_scheduler(config, local=args.local, wanted=args.scheduler, dry_run=args.dry_run)
+    use_scheduler = scheduler is not None
+    spec = config.optuna
+    if args.dry_run:
+        _print_plan(config, scheduler)
+        return EXIT_OK
+    if scheduler == "pbs":
+        from hyper_opt.launch.pbs import directives
+
+        directives(config)  # refuse malformed qsub options before the study exists
+    elif scheduler == "slurm":
+        from hyper_opt.launch.slurm import sbatch_parameters
+
+        sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
+    opened = open_study(config, create=True, check_reload=True, replace=args.replace)
+    if use_scheduler or spec.heartbeat_interval:
+        from hyper_opt.study import fail_stale_trials
+
+        fail_stale_trials(opened.study)  # a resumed study first re-queues dead trials
+    from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
+
+    retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # also without a heartbeat (journal)
+    if retried:
+        logger.warning("trial(s) %s were RUNNING in Slurm/PBS jobs that have ended: marked FAIL and re-queued",
+                       retried)
+    c = counts(opened)
+    if n_finished(c) >= spec.n_trials:
+        print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
+              f"{spec.n_trials}); raise optuna:n_trials to run more.")
+        return EXIT_OK
+    if use_scheduler:
+        if scheduler == "pbs":
+            from hyper_opt.launch.pbs import submit
+        else:
+            from hyper_opt.launch.slurm import submit
+
+        submit(config, opened, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
+        opened.lock.close()
+        return EXIT_OK
+    from hyper_opt.launch.local import run_local
+
+    print(f"study {spec.study_name!r} in {describe(spec.storage)}: {n_finished(c)}/{spec.n_trials} "
+          f"finished; starting {config.local_workers} worker(s)", file=sys.stderr)
+    started = time.monotonic()
+    run_local(config, opened, workers=config.local_workers, debug=args.debug)
+    trials = with_db_retry(lambda: opened.storage.get_all_trials(opened.study_id),
+                           seconds=spec.db_retry_seconds, what="reading the trials")
+    merged = write_trials_csv(config.save_path / "trials.csv", trials,
+                              param_names=[p.name for p in spec.parameters],
+                              metric_names=list(spec.metrics), n_values=len(spec.directions))
+    c = counts(opened)
+    summary = ", ".join(f"{k} {v}" for k, v in c.items() if v)
+    print(f"{n_finished(c)}/{spec.n_trials} finished in {time.monotonic() - started:.0f} s ({summary}); "
+          f"{best_summary(opened.study)}", file=sys.stderr)
+    if not spec.multi_objective:
+        try:
+            print(f"best parameters: {opened.study.best_trial.params}", file=sys.stderr)
+        except ValueError:
+            pass
+    print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
+    return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
+
+
+def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyped-def]
+    """``--dry-run``: what would run, and the job scripts that would be submitted."""
+    from hyper_opt.storage import describe
+
+    spec = config.optuna
+    print(f"study      {spec.study_name} in {describe(spec.storage)}")
+    print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
+    print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
+    if scheduler == "pbs":
+        from hyper_opt.launch.pbs import dry_run as pbs_dry_run
+
+        pbs_dry_run(config)
+    elif scheduler == "slurm":
+        from hyper_opt.launch.slurm import dry_run
+
+        dry_run(config)
+    else:
+        print(f"launch     {config.local_workers} local worker process(es)")
+
+
+def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) -> str | None:  # type: ignore[no-untyped-def]
+    """Which scheduler submits the jobs: None to run here (``--local``, or no slurm/pbs section).
+
+    Never the login node by accident: a file with a slurm (pbs) section is refused when sbatch
+    (qsub) is not on PATH, unless ``--local`` asks for this machine. A file with both sections
+    takes ``--scheduler``; without it, the one whose submit command is on PATH, and when both or
+    neither are, it asks. ``--dry-run`` needs no submit command.
+    """
+    import shutil
+
+    from hyper_opt.exceptions import SubmissionError
+
+    present = [name for name in SCHEDULERS if getattr(config, name) is not None]
+    if local or not present:
+        if wanted:
+            raise SubmissionError(f"--scheduler {wanted} and --local contradict each other" if local else
+                                  f"--scheduler {wanted}: the file has no {wanted} section")
+        return None
+    if wanted:
+        if wanted not in present:
+            raise SubmissionError(f"--scheduler {wanted}: {config.hyper_path} has no {wanted} section "
+                                  f"(it has: {', '.join(present)})")
+        chosen = wanted
+    elif len(present) == 1:
+        chosen = present[0]
+    else:
+        on_path = [name for name in present if shutil.which(SUBMIT_COMMANDS[name])]
+        if len(on_path) != 1:
+            found = "both sbatch and qsub are" if on_path else "neither sbatch nor qsub is"
+            raise SubmissionError(f"{config.hyper_path} has both a slurm and a pbs section and {found} on "
+                                  "PATH: pass --scheduler slurm or --scheduler pbs (or --local to run here)")
+        chosen = on_path[0]
+        logger.info("both slurm and pbs sections: using %s (%s is on PATH)", chosen, SUBMIT_COMMANDS[chosen])
+    command = SUBMIT_COMMANDS[chosen]
+    if not dry_run and shutil.which(command) is None:
+        raise SubmissionError(f"the {chosen} section asks for {chosen} jobs, but {command} is not on PATH: "
+                              f"run this on a {chosen.upper() if chosen == 'pbs' else 'Slurm'} login node, "
+                              "or pass --local to run the search on this machine")
+    return chosen

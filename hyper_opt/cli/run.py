@@ -1,0 +1,34 @@
+"""``hyper-opt run``: one worker loop (what each job and local worker runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--worker-index", type=int, default=0, help="index of this worker (offsets a sampler seed)")
+    p.add_argument("--deadline", type=float, metavar="EPOCH_S",
+                   help="exit before this time (seconds since the epoch); in a Slurm job the job's end time")
+    p.add_argument("--max-trials", type=int, metavar="N", help="run at most N trials in this worker")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hyper_opt.secrets import take_from_env
+    from hyper_opt.worker import Stop, Worker
+
+    args.overrides = take_from_env(args.overrides)  # a password travels in the environment, not argv
+    config, model = load_from_args(args)
+    setup_logging(config.log_level, debug=args.debug)
+    deadline = args.deadline
+    if deadline is None:
+        from hyper_opt.launch.slurm_env import job_deadline
+
+        deadline = job_deadline()
+    report = Worker(config, model or {}, worker_index=args.worker_index, deadline=deadline,
+                    max_trials=args.max_trials).run()
+    if report.stop is Stop.FAILURES:
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,226 @@
+"""Writing a report: trials.csv, best.yml, plots and summary.md, derived from the study.
+
+Everything is read from the study in its storage (the single source of truth) in one query, so
+the report is the same for local and Slurm searches, during the search and after it, and a
+5,000-trial study reports in seconds. The files go to ``<save_path>/report/`` and each is
+replaced atomically:
+
+* ``trials.csv``: every trial, one row each (:func:`hyper_opt.results.write_trials_csv`);
+* ``best.yml``: the model config with the best trial's parameters patched in; for a
+  multi-objective study one ``best_trial_<number>.yml`` per Pareto-optimal trial;
+* PNG plots (:mod:`hyper_opt.plots`; skipped with an install hint without matplotlib);
+* ``summary.md``: trials and time per state, what pruning saved, the best trials, failures by
+  error, parameter importances and notes on anything that could not be made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hyper_opt import plots as plotting
+from hyper_opt.report.files import BEST, BEST_PATTERN, SUMMARY, TRIALS_CSV, Report
+from hyper_opt.report.summary import _format_params, console_text, summary_markdown
+from hyper_opt.trials import best_trials, param_importances, state_stats
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hyper_opt.schema import HyperConfig
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- command
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: Path | None = None,
+                 plots: bool = True, max_curves: int = 200) -> Report:
+    """Read every trial of the study once and write the report from them."""
+    from hyper_opt.study import open_study
+
+    started = time.perf_counter()
+    opened = open_study(config, create=False)
+    try:
+        opened_s = time.perf_counter() - started
+        trials = opened.storage.get_all_trials(opened.study_id, deepcopy=False)
+        directions = [d.name.lower() for d in opened.study.directions]
+    finally:
+        opened.lock.close()
+    loaded_s = time.perf_counter() - started - opened_s
+    report = build_report(config, model, trials, directions=directions,
+                          out=out if out is not None else config.save_path / "report",
+                          plots=plots, max_curves=max_curves)
+    report.timings = {"open study": opened_s, "load trials": loaded_s, **report.timings,
+                      "total": time.perf_counter() - started}
+    return report
+
+
+def build_report(config: HyperConfig, model: Mapping[str, Any] | None,
+                 trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequence[str], out: Path,
+                 plots: bool = True, max_curves: int = 200, now: dt.datetime | None = None) -> Report:
+    """Write the report for ``trials`` (all of one study) under ``out``."""
+    from hyper_opt.results import write_trials_csv
+
+    spec = config.optuna
+    names = list(spec.metrics)
+    trials = sorted(trials, key=lambda t: t.number)
+    report = Report(folder=out)
+
+    @contextlib.contextmanager
+    def timed(phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            report.timings[phase] = report.timings.get(phase, 0.0) + time.perf_counter() - t0
+
+    with timed("trials.csv"):
+        report.files.append(write_trials_csv(out / TRIALS_CSV, trials, param_names=[p.name for p in spec.parameters],
+                                             metric_names=names, n_values=len(directions)))
+    with timed("best"):
+        best = best_trials(trials, directions)
+        report.files += _write_best(config, model, best, out, multi=len(directions) > 1, notes=report.notes)
+    with timed("importances"):
+        importances, what = param_importances(trials, directions, notes=report.notes)
+    if plots:
+        _write_plots(report, trials, directions=directions, names=names, best=best, importances=importances,
+                     what=what, max_curves=max_curves, timed=timed)
+    else:
+        report.notes.append("plots skipped: --no-plots")
+    with timed("summary"):
+        stats = state_stats(trials, now=now)
+        report.summary = summary_markdown(config, trials, directions=directions, best=best, stats=stats,
+                                          importances=importances, what=what, report=report)
+        from hyper_opt.results import atomic_write_text
+
+        atomic_write_text(out / SUMMARY, report.summary)
+        report.files.append(out / SUMMARY)
+        report.console = console_text(config, trials, directions=directions, best=best, stats=stats, report=report)
+    _remove_stale(out, report.files)
+    return report
+
+
+# --------------------------------------------------------------------------- best trials
+
+
+def best_config(config: HyperConfig, model: Mapping[str, Any], trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The model config with ``trial``'s parameters written at their key paths."""
+    from hyper_opt.space import patch
+
+    return patch(model, config.optuna.parameters, trial.params)
+
+
+def best_config_text(config: HyperConfig, model: Mapping[str, Any], trial: optuna.trial.FrozenTrial) -> str:
+    """``best.yml``: a comment header naming the trial, then the patched model config."""
+    import yaml
+
+    from hyper_opt.space import has_path
+
+    spec = config.optuna
+    values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(spec.metrics, trial.values or ()))
+    header = [f"hyper-opt report: {config.model_path.name if config.model_path else 'the model config'} "
+              f"with the parameters of trial {trial.number} patched in",
+              f"study {spec.study_name!r}: {values} ({', '.join(spec.directions)})",
+              f"parameters: {_format_params(trial.params)}"]
+    known = {p.name for p in spec.parameters}
+    unpatched = [p.name for p in spec.parameters if p.name in trial.params and not has_path(model, p.path)]
+    if unpatched:
+        header.append(f"not key paths of the model config, so not patched here (custom_updates uses them): "
+                      f"{', '.join(unpatched)}")
+    unknown = [name for name in trial.params if name not in known]
+    if unknown:
+        header.append(f"not parameters of the current hyperparameter file, so not patched: {', '.join(unknown)}")
+    text = "".join(f"# {line}\n" for line in header)
+    return text + yaml.safe_dump(best_config(config, model, trial), sort_keys=False, default_flow_style=False)
+
+
+def _write_best(config: HyperConfig, model: Mapping[str, Any] | None, best: Sequence[optuna.trial.FrozenTrial],
+                out: Path, *, multi: bool, notes: list[str]) -> list[Path]:
+    from hyper_opt.results import atomic_write_text
+
+    if not best:
+        notes.append("best.yml not written: no trial has completed yet")
+        return []
+    if model is None:
+        notes.append("best.yml not written: give the model config too (hyper-opt report HYPER.yml MODEL.yml)")
+        return []
+    written = []
+    for trial in best:
+        path = out / (BEST_PATTERN.format(trial.number) if multi else BEST)
+        atomic_write_text(path, best_config_text(config, model, trial))
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- importances
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _write_plots(report: Report, trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequence[str],
+                 names: Sequence[str], best: Sequence[optuna.trial.FrozenTrial],
+                 importances: Mapping[str, float] | None, what: str, max_curves: int, timed: Any) -> None:
+    missing = plotting.missing_matplotlib()
+    if missing:
+        logger.warning("%s", missing)
+        report.notes.append(missing)
+        return
+    out = report.folder
+    multi = len(directions) > 1
+    pareto = {t.number for t in best} if multi else set()
+    order = list(importances) if importances else []
+    jobs: list[tuple[str, Any]] = [
+        (plotting.HISTORY, lambda p: plotting.optimization_history(trials, p, directions=directions, names=names,
+                                                             pareto=pareto)),
+    ]
+    if multi:
+        jobs.append((plotting.PARETO, lambda p: plotting.pareto_front(trials, p, directions=directions, names=names,
+                                                                pareto=pareto)))
+    else:
+        jobs.append((plotting.INTERMEDIATE, lambda p: plotting.intermediate_values(
+            trials, p, direction=directions[0], name=names[0], max_curves=max_curves)))
+    if importances:
+        jobs.append((plotting.IMPORTANCES, lambda p: plotting.param_importances(importances, p, what=what)))
+    jobs += [
+        (plotting.PARALLEL, lambda p: plotting.parallel_coordinate(trials, p, directions=directions, names=names,
+                                                             param_order=order, pareto=pareto)),
+        (plotting.SLICE, lambda p: plotting.slice_plot(trials, p, directions=directions, names=names,
+                                                       param_order=order)),
+    ]
+    for filename, draw in jobs:
+        with timed(filename):
+            try:
+                report.files.append(draw(out / filename))
+            except plotting.NothingToPlot as why:
+                report.notes.append(f"{filename} not drawn: {why}")
+            except Exception as err:  # one broken plot must not cost the CSV, best.yml and summary
+                logger.warning("drawing %s failed", filename, exc_info=logger.isEnabledFor(logging.DEBUG))
+                report.notes.append(f"{filename} not drawn: {type(err).__name__}: {err}")
+
+
+def _remove_stale(out: Path, written: Sequence[Path]) -> None:
+    """Delete report files an earlier run wrote that this run did not (a Pareto-optimal trial
+    that no longer is, a plot that can no longer be drawn), so that nothing outdated remains."""
+    keep = {p.name for p in written}
+    owned = [out / name for name in (TRIALS_CSV, SUMMARY, BEST, *plotting.ALL_FILES)]
+    owned += list(out.glob(BEST_PATTERN.format("*")))
+    for path in owned:
+        if path.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+# --------------------------------------------------------------------------- summary
+
