@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from typing import Any
 
 from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
 
@@ -28,6 +29,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse parameters whose key is not a path of the model config")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; submit nothing")
+
+
+def _requeue_dead_trials(opened: Any, spec: Any, *, heartbeat_check: bool) -> None:
+    """A resumed study first fails and re-queues the trials of dead workers: stale heartbeats,
+    and (also without a heartbeat: the journal storage) RUNNING trials of jobs that ended."""
+    from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
+
+    if heartbeat_check:
+        from hyper_opt.study import fail_stale_trials
+
+        fail_stale_trials(opened.study)
+    retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)
+    if retried:
+        logger.warning("trial(s) %s were RUNNING in Slurm/PBS jobs that have ended: marked FAIL and re-queued",
+                       retried)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,16 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
     opened = open_study(config, create=True, check_reload=True, replace=args.replace)
-    if use_scheduler or spec.heartbeat_interval:
-        from hyper_opt.study import fail_stale_trials
-
-        fail_stale_trials(opened.study)  # a resumed study first re-queues dead trials
-    from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
-
-    retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # also without a heartbeat (journal)
-    if retried:
-        logger.warning("trial(s) %s were RUNNING in Slurm/PBS jobs that have ended: marked FAIL and re-queued",
-                       retried)
+    _requeue_dead_trials(opened, spec, heartbeat_check=use_scheduler or bool(spec.heartbeat_interval))
     c = counts(opened)
     if n_finished(c) >= spec.n_trials:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "

@@ -108,7 +108,7 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
 
     from hyper_opt import results, space
     from hyper_opt.exceptions import HyperOptError
-    from hyper_opt.metric_learning.evaluation import knn_backend, make_calculator
+    from hyper_opt.metric_learning.evaluation import knn_backend
     from hyper_opt.metric_learning.objective import model_part
     from hyper_opt.metric_learning.plan import make_plan, quiet_training
     from hyper_opt.metric_learning.settings import validate
@@ -148,30 +148,7 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
         if plan.test_dataset is None:
             raise HyperOptError("there is no test set: splits:test_size is 0" if settings.model_def_fn is None
                                 else "the model-definition file's get() returned no 'test_dataset' function")
-        test_set = plan.test_dataset()
-        calculator = make_calculator(metrics, knn=settings.evaluation.knn, device=device, seed=settings.seed)
-        opts = {"device": device, "batch_size": settings.evaluation.batch_size,
-                "normalize": True, "num_workers": settings.dataloader_num_workers}
-        scores: dict[str, dict[str, float]] = {}
-        if baseline:
-            streams, labels = _embed(plan.fold_models(0), test_set, opts)
-            scores["untrained"] = _score(calculator, streams, labels)
-            raw = raw_input_embeddings(test_set, opts)
-            if raw is not None:
-                scores["raw_input"] = _score(calculator, *raw)
-        per_fold = []
-        for folder in folds:
-            k = int(folder.name.split("_")[1])
-            models = _load_models(plan.fold_models(k), folder, device)
-            streams, labels = _embed(models, test_set, opts)
-            per_fold.append(streams)
-            scores[f"fold_{k}"] = _score(calculator, streams, labels)
-        fold_rows = [v for k, v in scores.items() if k.startswith("fold_")]
-        scores["mean_of_folds"] = {m: float(sum(r[m] for r in fold_rows) / len(fold_rows)) for m in metrics}
-        import torch
-
-        concatenated = [torch.cat([s[i] for s in per_fold], dim=1) for i in range(len(per_fold[0]))]
-        scores["concatenated"] = _score(calculator, concatenated, labels)
+        scores, labels = _score_folds(plan, folds, settings, metrics, device=device, baseline=baseline)
     report = {
         "study": config.optuna.study_name, "trial": trial.number, "state": trial.state.name,
         "value": trial.value, "params": dict(trial.params), "metric": metric,
@@ -187,6 +164,39 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     if (trial_dir / "tensorboard").is_dir():
         report["tensorboard"] = f"tensorboard --logdir {trial_dir.parent}"
     return report
+
+
+def _score_folds(plan: Any, folds: Sequence[Path], settings: Any, metrics: Sequence[str], *, device: str,
+                 baseline: bool) -> tuple[dict[str, dict[str, float]], Any]:
+    """Test-set scores of each fold's model, their mean and their concatenated embeddings (and,
+    with ``baseline``, of the untrained model and of the raw inputs); the test labels."""
+    from hyper_opt.metric_learning.evaluation import make_calculator
+
+    test_set = plan.test_dataset()
+    calculator = make_calculator(metrics, knn=settings.evaluation.knn, device=device, seed=settings.seed)
+    opts = {"device": device, "batch_size": settings.evaluation.batch_size,
+            "normalize": True, "num_workers": settings.dataloader_num_workers}
+    scores: dict[str, dict[str, float]] = {}
+    if baseline:
+        streams, labels = _embed(plan.fold_models(0), test_set, opts)
+        scores["untrained"] = _score(calculator, streams, labels)
+        raw = raw_input_embeddings(test_set, opts)
+        if raw is not None:
+            scores["raw_input"] = _score(calculator, *raw)
+    per_fold = []
+    for folder in folds:
+        k = int(folder.name.split("_")[1])
+        models = _load_models(plan.fold_models(k), folder, device)
+        streams, labels = _embed(models, test_set, opts)
+        per_fold.append(streams)
+        scores[f"fold_{k}"] = _score(calculator, streams, labels)
+    fold_rows = [v for k, v in scores.items() if k.startswith("fold_")]
+    scores["mean_of_folds"] = {m: float(sum(r[m] for r in fold_rows) / len(fold_rows)) for m in metrics}
+    import torch
+
+    concatenated = [torch.cat([s[i] for s in per_fold], dim=1) for i in range(len(per_fold[0]))]
+    scores["concatenated"] = _score(calculator, concatenated, labels)
+    return scores, labels
 
 
 def _apply_model_overrides(conf: dict[str, Any], overrides: Sequence[str]) -> None:

@@ -158,6 +158,41 @@ class _Problems(list):  # type: ignore[type-arg]
 
 def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
     d = Settings()
+    splits = _read_splits(conf, out)
+    evaluation = _read_evaluation(conf, out)
+
+    schedule = conf.get("fold_schedule", d.fold_schedule)
+    if schedule not in FOLD_SCHEDULES:
+        out.append(f"fold_schedule: got {schedule!r}; allowed: {', '.join(FOLD_SCHEDULES)}")
+        schedule = d.fold_schedule
+    seed = conf.get("seed", d.seed)
+    if not _is_int(seed):
+        out.append(f"seed: must be an integer, got {seed!r}")
+        seed = d.seed
+    model_def_fn = conf.get("model_def_fn")
+    if model_def_fn is not None and (not isinstance(model_def_fn, str) or not model_def_fn.endswith(".py")):
+        out.append(f"model_def_fn: must be the path of a .py file, got {model_def_fn!r}")
+        model_def_fn = None
+    return Settings(
+        seed=seed,
+        batch_size=out.int(conf, "batch_size", "batch_size", d.batch_size, minimum=2),
+        iterations_per_epoch=out.int(conf, "iterations_per_epoch", "iterations_per_epoch", None, minimum=1,
+                                     nullable=True),
+        max_epochs=out.int(conf, "max_epochs", "max_epochs", d.max_epochs, minimum=1),
+        patience=out.int(conf, "patience", "patience", None, minimum=0, nullable=True),
+        fold_schedule=schedule,
+        dataloader_num_workers=out.int(conf, "dataloader_num_workers", "dataloader_num_workers", 0, minimum=0),
+        torch_threads=out.int(conf, "torch_threads", "torch_threads", None, minimum=1, nullable=True),
+        model_def_fn=model_def_fn,
+        mixed_precision=out.bool(conf, "mixed_precision", "mixed_precision", False),
+        **_tensorboard(conf.get("tensorboard", False), out),
+        splits=splits,
+        evaluation=evaluation,
+    )
+
+
+def _read_splits(conf: Mapping[str, Any], out: _Problems) -> SplitSettings:
+    """The ``splits`` section: the held-out test classes and the cross-validation folds."""
     sp = out.mapping(conf.get("splits"), "splits")
     out.unknown(sp, SPLIT_KEYS, "splits")
     ds = SplitSettings()
@@ -177,7 +212,11 @@ def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
                            if _is_number(sp.get("test_start_idx", ds.test_start_idx)) else ds.test_start_idx,
                            num_training_partitions=partitions, num_training_sets=sets,
                            shuffle_classes=out.bool(sp, "shuffle_classes", "splits:shuffle_classes", False))
+    return splits
 
+
+def _read_evaluation(conf: Mapping[str, Any], out: _Problems) -> EvalSettings:
+    """The ``evaluation`` section: the metrics, the kNN backend and the embedding batch size."""
     ev = out.mapping(conf.get("evaluation"), "evaluation")
     out.unknown(ev, EVAL_KEYS, "evaluation")
     de = EvalSettings()
@@ -208,35 +247,7 @@ def _read(conf: Mapping[str, Any], out: _Problems) -> Settings:
         metric=metric, metrics=tuple(m for m in metrics if m in METRICS) or de.metrics, knn=knn,
         normalize_embeddings=out.bool(ev, "normalize_embeddings", "evaluation:normalize_embeddings", True),
         batch_size=out.int(ev, "batch_size", "evaluation:batch_size", de.batch_size, minimum=1))
-
-    schedule = conf.get("fold_schedule", d.fold_schedule)
-    if schedule not in FOLD_SCHEDULES:
-        out.append(f"fold_schedule: got {schedule!r}; allowed: {', '.join(FOLD_SCHEDULES)}")
-        schedule = d.fold_schedule
-    seed = conf.get("seed", d.seed)
-    if not _is_int(seed):
-        out.append(f"seed: must be an integer, got {seed!r}")
-        seed = d.seed
-    model_def_fn = conf.get("model_def_fn")
-    if model_def_fn is not None and (not isinstance(model_def_fn, str) or not model_def_fn.endswith(".py")):
-        out.append(f"model_def_fn: must be the path of a .py file, got {model_def_fn!r}")
-        model_def_fn = None
-    return Settings(
-        seed=seed,
-        batch_size=out.int(conf, "batch_size", "batch_size", d.batch_size, minimum=2),
-        iterations_per_epoch=out.int(conf, "iterations_per_epoch", "iterations_per_epoch", None, minimum=1,
-                                     nullable=True),
-        max_epochs=out.int(conf, "max_epochs", "max_epochs", d.max_epochs, minimum=1),
-        patience=out.int(conf, "patience", "patience", None, minimum=0, nullable=True),
-        fold_schedule=schedule,
-        dataloader_num_workers=out.int(conf, "dataloader_num_workers", "dataloader_num_workers", 0, minimum=0),
-        torch_threads=out.int(conf, "torch_threads", "torch_threads", None, minimum=1, nullable=True),
-        model_def_fn=model_def_fn,
-        mixed_precision=out.bool(conf, "mixed_precision", "mixed_precision", False),
-        **_tensorboard(conf.get("tensorboard", False), out),
-        splits=splits,
-        evaluation=evaluation,
-    )
+    return evaluation
 
 
 def _tensorboard(value: Any, out: _Problems) -> dict[str, bool]:
