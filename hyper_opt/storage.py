@@ -273,6 +273,7 @@ def with_db_retry(fn: Callable[[], T], *, seconds: float, what: str) -> T:
 # --------------------------------------------------------------------------- budget lock
 
 
+JOURNAL_LOCK_GRACE_S = 60  # a journal budget-lock file unchanged this long was left by a dead holder
 LOCK_TIMEOUT_S = 600.0  # a holder that keeps the budget lock this long is hung: say so, do not wait for ever
 # The server drops a vanished holder's session (and its advisory lock) after about a minute,
 # not after the kernel's default keepalive of about two hours.
@@ -322,7 +323,9 @@ class BudgetLock:
         if self._depth:
             self._depth += 1
             return
-        if self._spec.storage.kind in ("sqlite", "journal"):
+        if self._spec.storage.kind == "journal":
+            self._journal_lock()
+        elif self._spec.storage.kind == "sqlite":
             self._file_lock()
         else:
             try:
@@ -343,6 +346,19 @@ class BudgetLock:
         return StorageError(
             f"the study's budget lock ({where}) stayed taken for {self._timeout_s:.0f} s: a worker holding "
             "it is hung (it is held only while a trial is created, for milliseconds); find and stop it")
+
+    def _journal_lock(self) -> None:
+        """The journal storage is meant for shared file systems, where ``flock`` is unreliable: an
+        exclusive create (``O_CREAT | O_EXCL``, what optuna's own journal lock does, safe on NFS
+        v3+) of a lock file; a file left by a holder that died is taken over after
+        JOURNAL_LOCK_GRACE_S without change (the lock is held for milliseconds)."""
+        from optuna.storages.journal import JournalFileOpenLock
+
+        if self._fh is None:
+            self._file().parent.mkdir(parents=True, exist_ok=True)
+            # it creates "<name>.lock": the same file as _file() names
+            self._fh = JournalFileOpenLock(str(self._file().with_suffix("")), grace_period=JOURNAL_LOCK_GRACE_S)
+        self._fh.acquire()
 
     def _file_lock(self) -> None:
         if self._fh is None:
@@ -390,7 +406,10 @@ class BudgetLock:
         if self._depth:
             return
         st = self._spec.storage
-        if st.kind in ("sqlite", "journal"):
+        if st.kind == "journal":
+            self._fh.release()
+            return
+        if st.kind == "sqlite":
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             return
         import sqlalchemy
@@ -407,9 +426,13 @@ class BudgetLock:
             self.close()
 
     def close(self) -> None:
+        if self._depth and self._spec.storage.kind == "journal" and self._fh is not None:
+            with contextlib.suppress(Exception):
+                self._fh.release()
         self._depth = 0
         if self._fh is not None:
-            self._fh.close()
+            if hasattr(self._fh, "close"):
+                self._fh.close()
             self._fh = None
         if self._conn is not None:
             with contextlib.suppress(Exception):

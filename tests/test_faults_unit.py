@@ -52,3 +52,38 @@ def test_journal_trials_of_ended_jobs_are_failed_and_requeued(tmp_path: Path, co
     if command == "status":
         assert "were RUNNING in jobs that had ended" in proc.stdout
         assert trials[alive.number].state == optuna.trial.TrialState.RUNNING, "a running job's trial is left alone"
+
+
+def test_the_journal_budget_lock_is_an_exclusive_create_and_outlives_a_dead_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock is unreliable on the shared file systems the journal storage is for: the lock is a
+    file created with O_EXCL, and one left behind by a holder that died is taken over."""
+    import threading
+    import time
+
+    from hyper_opt import storage as storage_mod
+    from hyper_opt.storage import BudgetLock
+
+    s = write_search(tmp_path / "s", optuna={"storage": "study.journal", "storage_type": "journal",
+                                             "heartbeat_interval": None, "grace_period": None})
+    spec = load_config(s.hyper, s.model)[0].optuna
+    first, second = BudgetLock(spec), BudgetLock(spec)
+    first.acquire()
+    lock_file = spec.storage.path.with_name(spec.storage.path.name + ".budget.lock")
+    assert lock_file.exists(), "held: the lock file exists"
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (second.acquire(), got.set()), daemon=True)
+    waiter.start()
+    assert not got.wait(0.5), "a second holder waits"
+    first.release()
+    assert got.wait(10), "and gets it once released"
+    second.release()
+    assert not lock_file.exists()
+    # A holder killed while holding it leaves the file: it is taken over after the grace period.
+    monkeypatch.setattr(storage_mod, "JOURNAL_LOCK_GRACE_S", 1)
+    lock_file.write_text("")
+    third = BudgetLock(spec)
+    started = time.monotonic()
+    third.acquire()
+    assert time.monotonic() - started < 30
+    third.release()

@@ -73,3 +73,40 @@ def test_legacy_fixture_runs_as_slurm_jobs(name: str, tmp_path: Path, slurm_clus
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs[-6000:]}"
     assert_finished(folder, name)
     assert (save_path / "slurm_jobs.json").is_file()
+
+
+# fixture -> what the local cluster needs: its queue (PBS's -q) instead of NCAR's "casper"
+PBS_FIXTURES = {
+    "ptype_physical": ("--set", "pbs:batch:q=debug"),
+    "gdl_storm_mode": ("--set", "pbs:batch:q=debug", "--set", "pbs:jobs=2"),  # 5 jobs for 3 trials: capped
+}
+
+
+@pytest.mark.parametrize("name", sorted(PBS_FIXTURES))
+def test_research_project_pbs_section_runs_through_qsub(name: str, tmp_path: Path, slurm_cluster: str) -> None:
+    """Two research projects' own ``pbs:`` sections (select with ncpus/ngpus/mem, walltime,
+    gpu_type, account, their ``conda activate`` lines) go through a real qsub (Slurm's torque
+    wrapper on the local cluster) and finish: exactly n_trials, each trial on one GPU."""
+    import shutil
+
+    if shutil.which("qsub") is None:
+        pytest.fail("qsub is not installed (scripts/local_cluster.sh up installs slurm-wlm-torque)")
+    folder = _copy(name, tmp_path)
+    hyper_file, model_file = FIXTURES[name]
+    assert "pbs" in yaml.safe_load((folder / hyper_file).read_text())
+    args = [sys.executable, "-m", "hyper_opt", "optimize", hyper_file, model_file, *PBS_FIXTURES[name]]
+    proc = subprocess.run(args, cwd=folder, env=_env(), text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "PBS job(s)" in proc.stdout, proc.stdout
+    ids = _job_ids(proc.stdout)
+    states = _wait_jobs_done(ids, timeout=420)
+    logs = "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file() and ".o" in p.name)
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs[-6000:]}"
+    assert_finished(folder, name)
+    import optuna
+
+    _, db, _ = _expected(folder, name)
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage=url)[0].study_name, storage=url)
+    gpus = [t.user_attrs.get("cuda_visible_devices", "") for t in study.trials]
+    assert all(g.isdigit() for g in gpus), f"one GPU per trial: {gpus}"
