@@ -127,9 +127,9 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
 
     from hyper_opt.loader import instantiate
     from hyper_opt.objective import pick_device
-    from hyper_opt.study import open_study
+    from hyper_opt.study import read_study
 
-    opened = open_study(config, create=False)
+    opened = read_study(config)
     try:
         trials = opened.storage.get_all_trials(opened.study_id, deepcopy=False)
         directions = [d.name.lower() for d in opened.study.directions]

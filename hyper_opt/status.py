@@ -7,14 +7,14 @@ from typing import IO
 
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import describe
-from hyper_opt.study import best_summary, counts, n_finished, open_study
+from hyper_opt.study import best_summary, counts, n_finished, read_study
 
 
 def status_lines(config: HyperConfig) -> list[str]:
     import optuna
 
     spec = config.optuna
-    opened = open_study(config, create=False)
+    opened = read_study(config)
     from hyper_opt.launch.cancel import fail_trials_of_ended_jobs
 
     retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # RUNNING trials of jobs that are gone (no heartbeat needed)

@@ -24,7 +24,6 @@ import logging
 import re
 import sqlite3
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar

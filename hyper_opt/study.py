@@ -8,8 +8,10 @@ enqueued trials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +53,7 @@ class Opened:
 
     study: optuna.Study
     storage: Any
-    lock: BudgetLock
+    lock: BudgetLock | NoLock  # NoLock for a study opened only to read it (read_study)
     study_id: int
 
 
@@ -124,6 +126,33 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
             claim_save_path(config, write=True)
     study_id = storage.get_study_id_from_name(spec.study_name)
     return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+
+
+class NoLock:
+    """The lock of a study opened only to read it: nothing to take or release."""
+
+    def close(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[NoLock]:
+        yield self
+
+
+def read_study(config: HyperConfig) -> Opened:
+    """Open an existing study only to read it (``status``, ``report``, ``rerun``, ``test``, a job
+    deciding whether to requeue): no budget lock is taken, nothing is created or enqueued."""
+    spec = config.optuna
+    if spec.storage.path is not None and not spec.storage.path.exists():
+        raise StudyExistsError(f"study {spec.study_name!r} does not exist: {spec.storage.path} is not there; "
+                               f"run 'hyper-opt optimize {config.hyper_path.name} MODEL.yml' first")
+    storage = with_db_retry(lambda: make_storage(spec), seconds=30, what="opening the study storage")
+    if not study_exists(storage, spec.study_name):
+        raise StudyExistsError(
+            f"study {spec.study_name!r} does not exist in {describe(spec.storage)}; "
+            f"run 'hyper-opt optimize {config.hyper_path.name} MODEL.yml' first")
+    study = _load(config, storage, worker_index=0)
+    return Opened(study=study, storage=storage, lock=NoLock(), study_id=storage.get_study_id_from_name(spec.study_name))
 
 
 def _not_found_message(config: HyperConfig, storage: Any) -> str:

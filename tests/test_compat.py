@@ -268,3 +268,18 @@ def test_list_results_are_kept_as_json_text() -> None:
 
     assert _jsonable([0.5, 0.25]) == "[0.5, 0.25]" and _jsonable((1, 2)) == "[1, 2]"
     assert _jsonable([object()]) is None
+
+
+def test_read_only_commands_neither_lock_nor_enqueue(tmp_path: Path) -> None:
+    """status, report and rerun read the study: no budget lock file, no enqueued trial appears."""
+    s = _search(tmp_path, ECHO_STYLE, enqueue=[{"x": 1.5}])
+    name = s.hyper_config()["optuna"]["study_name"]
+    s.save_path.mkdir(parents=True)
+    db = s.save_path / "hyper_opt.db"
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{db}")  # made elsewhere, never enqueued
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, value=2.25,
+                                              distributions={"x": optuna.distributions.FloatDistribution(-5, 5)}))
+    s.cli("status", "hyper.yml", check=True)
+    s.cli("report", "hyper.yml", "model.yml", "--no-plots", check=True)
+    assert len(optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials) == 1, "nothing enqueued"
+    assert not list(s.save_path.glob("*.lock")), "no budget lock taken"

@@ -20,11 +20,9 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -251,12 +249,12 @@ class JobMain:
 
     def _study_needs_more(self) -> bool:
         from hyper_opt.config import load_config
-        from hyper_opt.study import counts, n_finished, open_study
+        from hyper_opt.study import counts, n_finished, read_study
 
         try:
             overrides = secrets.take_from_env(self.overrides, keep=True)
             config, _ = load_config(self.hyper_path, self.model_path, overrides=overrides)
-            opened = open_study(config, create=False)
+            opened = read_study(config)
             try:
                 return n_finished(counts(opened)) < config.optuna.n_trials
             finally:

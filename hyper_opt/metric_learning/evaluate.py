@@ -22,7 +22,6 @@ It reads the study but never changes it, and writes ``test_results.yml`` and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import logging
 import math
@@ -69,11 +68,9 @@ def read_trial(config: Any, number: int | None) -> Any:
     import optuna
 
     from hyper_opt.exceptions import HyperOptError
-    from hyper_opt.study import open_study
+    from hyper_opt.study import read_study
 
-    # Never enqueue anything on the way (open_study enqueues optuna:enqueue on a study lacking it).
-    readonly = dataclasses.replace(config, optuna=dataclasses.replace(config.optuna, enqueue=()))
-    opened = open_study(readonly, create=False)
+    opened = read_study(config)  # neither locks nor enqueues
     try:
         trials = opened.storage.get_all_trials(opened.study_id)
         if number is None:

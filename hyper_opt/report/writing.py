@@ -47,10 +47,10 @@ logger = logging.getLogger(__name__)
 def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: Path | None = None,
                  plots: bool = True, max_curves: int = 200) -> Report:
     """Read every trial of the study once and write the report from them."""
-    from hyper_opt.study import open_study
+    from hyper_opt.study import read_study
 
     started = time.perf_counter()
-    opened = open_study(config, create=False)
+    opened = read_study(config)
     try:
         opened_s = time.perf_counter() - started
         trials = opened.storage.get_all_trials(opened.study_id, deepcopy=False)
