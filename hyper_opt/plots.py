@@ -111,8 +111,9 @@ def _state(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def _complete(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in trials if _state(t) == "COMPLETE" and t.values is not None
-            and all(math.isfinite(v) for v in t.values)]
+    from hyper_opt.trials import finite_complete
+
+    return finite_complete(trials)
 
 
 def _ranked(trials: Sequence[optuna.trial.FrozenTrial], direction: str, objective: int = 0

@@ -10,7 +10,7 @@ import datetime as dt
 import math
 import statistics
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,16 +20,19 @@ if TYPE_CHECKING:
 ROUGH_IMPORTANCES = 50  # completed trials below which importances get a "rough" note (5 in the top 10 %)
 
 
-def _finite_complete(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+def finite_complete(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials whose values are all finite numbers: the one rule for "a result" in
+    best trials, importances and plots (NaN and ±inf values are never a best, nor a point)."""
     return [t for t in trials if t.state.name == "COMPLETE" and t.values is not None
-            and not any(math.isnan(v) for v in t.values)]
+            and all(math.isfinite(v) for v in t.values)]
+
 
 
 def best_trials(trials: Sequence[optuna.trial.FrozenTrial], directions: Sequence[str]
                 ) -> list[optuna.trial.FrozenTrial]:
     """Single objective: ``[the best COMPLETE trial]`` (lowest number on ties); multi-objective:
     the Pareto-optimal COMPLETE trials, by number. Empty when nothing completed."""
-    complete = _finite_complete(trials)
+    complete = finite_complete(trials)
     if not complete:
         return []
     if len(directions) == 1:
@@ -64,8 +67,7 @@ def param_importances(trials: Sequence[optuna.trial.FrozenTrial], directions: Se
     import optuna
 
     what = "for the objective" if len(directions) == 1 else "for reaching the Pareto front"
-    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None
-                and all(math.isfinite(v) for v in t.values)]
+    complete = finite_complete(trials)
     if len(complete) < 2:
         notes.append(f"parameter importances not computed: they need at least 2 completed trials, "
                      f"the study has {len(complete)}")

@@ -334,3 +334,19 @@ def test_error_line_and_durations() -> None:
     assert error_line("") == ""
     assert format_seconds(4.24) == "4.2 s" and format_seconds(3725) == "1:02:05"
     assert format_seconds(90061) == "1d 01:01:01"
+
+
+def test_one_finite_rule_inf_is_never_the_best_trial() -> None:
+    """best trials, importances and plots share one rule: NaN and ±inf values are not results
+    (a COMPLETE trial with value inf from an older study would otherwise be 'best' when maximizing)."""
+    import optuna
+
+    from hyper_opt.trials import best_trials, finite_complete
+
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    trials = [optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=v) for v in (0.5, 0.9)]
+    inf = optuna.trial.create_trial(params={"x": 0.2}, distributions=dist, value=0.0)
+    inf.values = [float("inf")]
+    trials = [*trials, inf]
+    assert [t.value for t in finite_complete(trials)] == [0.5, 0.9]
+    assert best_trials(trials, ["maximize"])[0].value == 0.9

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt.report.dashboard import dashboard_command
 from hyper_opt.report.files import BEST, BEST_PATTERN, SUMMARY, TRIALS_CSV, Report
-from hyper_opt.trials import StateStats, _finite_complete, pruning_saving
+from hyper_opt.trials import StateStats, finite_complete, pruning_saving
 
 if TYPE_CHECKING:
     import optuna
@@ -119,7 +119,7 @@ def _best_section(config: HyperConfig, trials: Sequence[optuna.trial.FrozenTrial
                      f"parameters {_format_params(b.params)}"
                      + (f"; model config with them: `{BEST}`." if (report.folder / BEST) in report.files else "."))
         sign = 1 if directions[0] == "minimize" else -1
-        top = sorted(_finite_complete(trials), key=lambda t: (sign * t.values[0], t.number))[:10]
+        top = sorted(finite_complete(trials), key=lambda t: (sign * t.values[0], t.number))[:10]
         params = _params_header(top, order)
         lines += ["", f"Top {len(top)} completed trials:", ""]
         lines += _table(["rank", "trial", names[0], *params],
