@@ -31,6 +31,7 @@ from typing import Any
 from hyper_opt import secrets
 from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
+from hyper_opt.launch.slurm_env import time_limit_seconds  # noqa: F401 - re-exported
 from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
                                   visible_gpus)
 from hyper_opt.results import atomic_write_text
@@ -50,24 +51,6 @@ _TIME = re.compile(r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{
 _MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?B?$", re.I)
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 JOBS_FILE = "slurm_jobs.json"
-
-
-def time_limit_seconds(text: str) -> int | None:
-    """sbatch's ``--time`` as seconds (None for UNLIMITED/INFINITE)."""
-    text = text.strip()
-    if text.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
-    parts = [int(p) for p in rest.split(":")]
-    if "-" in text:  # days-hours[:minutes[:seconds]]
-        h, m, s = (parts + [0, 0])[:3]
-    elif len(parts) == 1:  # minutes
-        h, m, s = 0, parts[0], 0
-    elif len(parts) == 2:  # minutes:seconds
-        h, m, s = 0, parts[0], parts[1]
-    else:
-        h, m, s = parts
-    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
 
 
 def sbatch_parameters(config: HyperConfig) -> dict[str, Any]:

@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import time
 
 logger = logging.getLogger(__name__)
 
-_LEFT = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
+def time_limit_seconds(text: str) -> int | None:
+    """A Slurm duration as seconds: sbatch's ``--time`` (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``)
+    and squeue's ``%L`` alike; None for UNLIMITED/INFINITE. ValueError when it is neither."""
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = [int(p) for p in rest.split(":")]
+    if "-" in text:  # days-hours[:minutes[:seconds]]
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 1:  # minutes
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:  # minutes:seconds
+        h, m, s = 0, parts[0], parts[1]
+    else:
+        h, m, s = parts
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
 
 
 def parse_time_left(text: str) -> float | None:
     """Seconds from squeue's ``%L`` (``[D-][HH:]MM:SS``); None for UNLIMITED/INVALID."""
-    match = _LEFT.match(text.strip())
-    if not match:
+    try:
+        return time_limit_seconds(text)
+    except ValueError:
         return None
-    parts = {k: int(v or 0) for k, v in match.groupdict().items()}
-    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
 
 
 def job_deadline(env: dict[str, str] | None = None) -> float | None:
