@@ -318,3 +318,30 @@ def ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
+
+
+def fail_running_trials(opened: Opened, reason: Any, *, max_retry: int) -> list[int]:
+    """Mark FAIL the RUNNING trials for which ``reason(trial)`` gives a message (stored as the
+    trial's ``error``), and re-queue a copy of each within ``max_retry``; return their numbers.
+    A trial that finished meanwhile is left as it is. Used for the trials of local workers that
+    died, of cancelled jobs and of jobs that ended."""
+    import optuna
+
+    from hyper_opt.registry import requeue_callback
+
+    callback = requeue_callback(opened.storage, max_retry)
+    done = []
+    for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
+        message = reason(trial)
+        if not message:
+            continue
+        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
+        try:
+            opened.storage.set_trial_user_attr(trial_id, "error", message)
+            opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if callback is not None:
+            callback(opened.study, opened.storage.get_trial(trial_id))
+        done.append(trial.number)
+    return done

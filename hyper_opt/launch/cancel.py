@@ -112,27 +112,17 @@ def fail_trials_of_ended_jobs(opened, *, max_retry: int) -> list[int]:  # type: 
 def fail_trials_of_jobs(opened, job_ids: list[str], *, max_retry: int,  # type: ignore[no-untyped-def]
                         reason: Callable[[str], str] | None = None) -> list[int]:
     """Mark RUNNING trials of these jobs FAIL and re-queue copies (within max_retry)."""
-    import optuna
+    from hyper_opt.study import fail_running_trials
 
     wanted = {str(j) for j in job_ids} | {_job_key(str(j)) for j in job_ids}
-    from hyper_opt.registry import requeue_callback
 
-    callback = requeue_callback(opened.storage, max_retry)
-    done = []
-    for trial in opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,)):
+    def why(trial) -> str | None:  # type: ignore[no-untyped-def]
         job = str(trial.user_attrs.get("slurm_job_id", "") or trial.user_attrs.get("pbs_job_id", ""))
         if not job or (job not in wanted and _job_key(job) not in wanted):
-            continue
-        trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
-        try:
-            opened.storage.set_trial_user_attr(trial_id, "error", reason(job) if reason else f"job {job} was cancelled")
-            opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        if callback is not None:
-            callback(opened.study, opened.storage.get_trial(trial_id))
-        done.append(trial.number)
-    return done
+            return None
+        return reason(job) if reason else f"job {job} was cancelled"
+
+    return fail_running_trials(opened, why, max_retry=max_retry)
 
 
 def _job_key(job: str) -> str:

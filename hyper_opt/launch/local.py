@@ -114,7 +114,7 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
         progress.close()
         for _, log in procs:
             log.close()
-    with_db_retry(lambda: _fail_orphans(opened, [p.pid for p, _ in procs]),
+    with_db_retry(lambda: _fail_orphans(opened, [p.pid for p, _ in procs], max_retry=config.optuna.max_retry),
                   seconds=config.optuna.db_retry_seconds, what="checking for trials left RUNNING")
     bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
     for i, rc in bad:
@@ -146,30 +146,20 @@ def _stop(procs: list[tuple[subprocess.Popen[bytes], Any]]) -> None:
             proc.wait()
 
 
-def _fail_orphans(opened: Opened, pids: Sequence[int]) -> None:
+def _fail_orphans(opened: Opened, pids: Sequence[int], *, max_retry: int) -> None:
     """Fail (and re-queue, within max_retry) RUNNING trials of workers that are gone."""
-    import optuna
-
+    from hyper_opt.study import fail_running_trials
     from hyper_opt.worker import run_context
 
     host = run_context()["hostname"]
     pids_text = {str(p) for p in pids}
-    running = opened.storage.get_all_trials(opened.study_id, states=(optuna.trial.TrialState.RUNNING,))
-    callback = None
-    get_cb = getattr(opened.storage, "get_heartbeat_stale_trial_callback", None)
-    if get_cb is not None:
-        callback = get_cb()
-    for trial in running:
-        if trial.user_attrs.get("hostname") == host and str(trial.user_attrs.get("worker_pid")) in pids_text:
-            trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
-            try:
-                opened.storage.set_trial_user_attr(trial_id, "error", "the worker process ended during the trial")
-                opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            logger.warning("trial %d was left RUNNING by a stopped worker; marked FAIL", trial.number)
-            if callback is not None:
-                callback(opened.study, opened.storage.get_trial(trial_id))
+
+    def reason(trial: Any) -> str | None:
+        mine = trial.user_attrs.get("hostname") == host and str(trial.user_attrs.get("worker_pid")) in pids_text
+        return "the worker process ended during the trial" if mine else None
+
+    for number in fail_running_trials(opened, reason, max_retry=max_retry):
+        logger.warning("trial %d was left RUNNING by a stopped worker; marked FAIL", number)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
