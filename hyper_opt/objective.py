@@ -206,6 +206,13 @@ def _jsonable(value: Any) -> float | int | str | None:
 # --------------------------------------------------------------------------- device
 
 
+def trial_device(gpu: bool, env: Mapping[str, str] | None = None) -> str:
+    """The device trials (and ``rerun``/``test``) run on: with ``optuna:gpu``, or when the
+    scheduler gave the process a GPU (``CUDA_VISIBLE_DEVICES``), :func:`pick_device`; else CPU."""
+    env = os.environ if env is None else env
+    return pick_device(env) if gpu or env.get("CUDA_VISIBLE_DEVICES") else "cpu"
+
+
 def pick_device(env: Mapping[str, str] | None = None) -> str:
     """``cuda:0`` when exactly one GPU is visible and torch sees it, else ``cpu``."""
     env = os.environ if env is None else env

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -126,7 +125,7 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
     import optuna
 
     from hyper_opt.loader import instantiate
-    from hyper_opt.objective import pick_device
+    from hyper_opt.objective import trial_device
     from hyper_opt.study import read_study
 
     opened = read_study(config)
@@ -137,7 +136,7 @@ def rerun(config: HyperConfig, model: Mapping[str, Any], *, trial: int | str, de
         opened.lock.close()  # training may take hours: hold nothing meanwhile
     recorded = find_trial(config, trials, trial, directions)
     if device is None:
-        device = pick_device() if config.optuna.gpu or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+        device = trial_device(config.optuna.gpu)
     if save_path is None:
         save_path = fresh_folder(config.save_path / "rerun", f"trial_{recorded.number}")
     save_path = save_path.expanduser().resolve()

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
 from hyper_opt.loader import instantiate
-from hyper_opt.objective import BaseObjective, pick_device
+from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
@@ -183,7 +183,7 @@ class Worker:
         report = WorkerReport()
         self._install_signals()
         opened = open_study(self.config, create=True, worker_index=self.worker_index)
-        device = pick_device() if self.config.optuna.gpu or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+        device = trial_device(self.config.optuna.gpu)
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested
         logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,

@@ -134,3 +134,14 @@ def test_checkpoints_are_shared_by_a_trial_and_its_retried_copy(tmp_path: Path) 
     assert objective.checkpoint_path(copy) == tmp_path / "checkpoints" / f"trial_{first.number}"
     assert objective.load_checkpoint(copy) == {"epoch": 3}
     assert not list(objective.checkpoint_path(copy).glob(".checkpoint.*")), "written atomically"
+
+
+def test_one_device_rule_for_trials_rerun_and_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers, ``rerun`` and ``test`` share one rule: pick a GPU with optuna:gpu, or when the
+    scheduler gave the process one; CPU otherwise (``test`` used to ignore the second case)."""
+    from hyper_opt import objective
+
+    monkeypatch.setattr(objective, "pick_device", lambda env=None: "cuda:0")
+    assert objective.trial_device(True, {}) == "cuda:0"
+    assert objective.trial_device(False, {"CUDA_VISIBLE_DEVICES": "3"}) == "cuda:0"
+    assert objective.trial_device(False, {}) == "cpu"

@@ -131,9 +131,9 @@ def test_trial(config: Any, model: Mapping[str, Any] | None, *, trial_number: in
     metric = settings.optimised_metric(metric_name)
     metrics = settings.recorded_metrics(metric)
     if device is None:
-        from hyper_opt.objective import pick_device
+        from hyper_opt.objective import trial_device
 
-        device = pick_device() if config.optuna.gpu else "cpu"
+        device = trial_device(config.optuna.gpu)
     folds = sorted(trial_dir.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
     if not folds:
         raise HyperOptError(f"no fold models under {trial_dir} (was trial {trial.number} run with "
