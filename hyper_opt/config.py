@@ -519,15 +519,16 @@ def _check_model_paths(chk: _Checker, parameters: Sequence[ParameterSpec], model
                        *, strict: bool, model_path: Path | None) -> None:
     """Parameters whose key is not a path of the model config are only suggested (for
     ``custom_updates``); list them once so that a typo is visible, or refuse them with --strict."""
-    missing = [p.key for p in parameters if not has_path(model, p.path)]
-    if not missing:
-        return
     if strict:
-        for key in missing:
+        for key in _missing_paths(parameters, model):
             chk.add(f"optuna:parameters:{key}", f"--strict: not a key path of the model config {model_path}")
+
+
+def _missing_paths(parameters: Sequence[ParameterSpec], model: Mapping[str, Any]) -> list[str]:
+    return [p.key for p in parameters if not has_path(model, p.path)]
 
 
 def missing_model_paths(config: HyperConfig, model: Mapping[str, Any]) -> list[str]:
     """The parameter keys that are not paths of the model config."""
-    return [p.key for p in config.optuna.parameters if not has_path(model, p.path)]
+    return _missing_paths(config.optuna.parameters, model)
 
