@@ -306,6 +306,12 @@ def test_both_sections_pick_by_path_or_ask(tmp_path: Path) -> None:
     _fake(bin_dir, "qsub", "echo 1.srv\n")
     proc = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True, env={"PATH": str(bin_dir)})
     assert "PBS job(s) with qsub" in proc.stdout, "the one whose submit command is on PATH"
+    # Both on PATH, but qsub is Slurm's own torque wrapper: the cluster is a Slurm cluster.
+    _fake(bin_dir, "sbatch", "echo Submitted batch job 1\n")
+    _fake(bin_dir, "srun", "exit 0\n")
+    (bin_dir / "qsub").write_text("#!/usr/bin/perl\n# Slurm's qsub wrapper: translates to sbatch\n")
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True, env={"PATH": str(bin_dir)})
+    assert "Slurm job(s)" in proc.stdout and "#SBATCH" in proc.stdout
 
 
 def test_dry_run_prints_the_script_and_never_calls_qsub(tmp_path: Path) -> None:

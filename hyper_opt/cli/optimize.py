@@ -147,8 +147,9 @@ def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) 
 
     Never the login node by accident: a file with a slurm (pbs) section is refused when sbatch
     (qsub) is not on PATH, unless ``--local`` asks for this machine. A file with both sections
-    takes ``--scheduler``; without it, the one whose submit command is on PATH, and when both or
-    neither are, it asks. ``--dry-run`` needs no submit command.
+    takes ``--scheduler``; without it, the one whose submit command is on PATH (Slurm when
+    ``qsub`` is Slurm's own torque wrapper), and when both or neither are, it asks. ``--dry-run``
+    needs no submit command.
     """
     import shutil
 
@@ -169,6 +170,11 @@ def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) 
         chosen = present[0]
     else:
         on_path = [name for name in present if shutil.which(SUBMIT_COMMANDS[name])]
+        if len(on_path) == 2:
+            from hyper_opt.launch.pbs import _is_slurm_wrapper
+
+            if _is_slurm_wrapper(shutil.which("qsub") or ""):  # Slurm's own qsub: the cluster is Slurm
+                on_path = ["slurm"]
         if len(on_path) != 1:
             found = "both sbatch and qsub are" if on_path else "neither sbatch nor qsub is"
             raise SubmissionError(f"{config.hyper_path} has both a slurm and a pbs section and {found} on "

@@ -147,7 +147,11 @@ def make_executor(config: HyperConfig, folder: Path | None = None) -> Any:
     # The job process replaces the batch shell (exec), so that Slurm's warning signal, sent to the
     # batch shell ("B:"), reaches submitit's handler, which checkpoints and requeues the job.
     choose, python = interpreter(spec)
-    executor = submitit.SlurmExecutor(folder=str(folder), python=f"exec {python}", max_num_timeout=30)
+    try:
+        executor = submitit.SlurmExecutor(folder=str(folder), python=f"exec {python}", max_num_timeout=30)
+    except RuntimeError as err:  # submitit looks for srun: not a Slurm machine
+        raise SubmissionError(f"cannot prepare Slurm jobs here ({err}): run this on a Slurm login node, "
+                              "or pass --local to run the search on this machine") from None
     delay = signal_delay(config)
     executor.update_parameters(
         setup=[*setup_lines(spec), *choose],
