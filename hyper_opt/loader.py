@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from hyper_opt import compat
 from hyper_opt import config as _config
 from hyper_opt.exceptions import ConfigError, ObjectiveError
 from hyper_opt.objective import BaseObjective
-from hyper_opt.schema import HyperConfig, ObjectiveSpec, ParameterSpec
+from hyper_opt.schema import CWD_ENV, HyperConfig, ObjectiveSpec, ParameterSpec
 from hyper_opt.secrets import mask_url
 
 logger = logging.getLogger("hyper_opt.objective")
@@ -50,10 +51,16 @@ def load_module(spec: ObjectiveSpec) -> Any:
 
 def import_file(path: Path, *, what: str) -> Any:
     """Import a user's Python file once per process (its folder goes on sys.path, so that it can
-    import its sibling modules); errors become ObjectiveError naming ``what`` and the file."""
+    import its sibling modules; so does the directory the search was started from, as it is for
+    ``python -m hyper_opt`` there, in every worker and job whatever their working directory: a
+    project's objective importing its own package, ``from ptype.trainer import ...``); errors
+    become ObjectiveError naming ``what`` and the file."""
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    started_in = os.environ.get(CWD_ENV)
+    if started_in and started_in not in sys.path:
+        sys.path.append(started_in)
     name = f"hyper_opt_user_{abs(hash(str(path)))}"
     if name in sys.modules:
         return sys.modules[name]

@@ -87,7 +87,7 @@ def test_casper_section_directives(tmp_path: Path) -> None:
     assert pbs.walltime_s(pbs.directives(config)) == 43200
     assert pbs.requested_gpus(pbs.directives(config)) == 1
     script = pbs.job_script(config)
-    assert script.index('cd "$PBS_O_WORKDIR"') < script.index("source ~/.bashrc") < script.index("conda activate echo")
+    assert script.index('cd "$HYPER_OPT_CWD"') < script.index("source ~/.bashrc") < script.index("conda activate echo")
     assert script.index("conda activate echo") < script.index("-m hyper_opt.launch.job")
     assert "--gpus-per-node 1 --tasks-per-worker 1 --stop-margin 60 --walltime 43200" in script
 

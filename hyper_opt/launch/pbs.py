@@ -3,8 +3,8 @@
 The job script is a pure function of the ``pbs`` section (:func:`job_script`): every key of
 ``pbs.batch`` becomes a ``#PBS`` directive (``l`` may be a list: one ``-l`` line each), checked
 before anything is submitted (:func:`directives`) and shell-quoted where needed. The script
-changes to ``$PBS_O_WORKDIR`` (PBS starts jobs in ``$HOME``; ``qsub`` runs in ``save_path``, as
-echo-opt did), runs ``pbs.bash`` then ``pbs.kernel``, and then ``python -m hyper_opt.launch.job``,
+changes to the directory the search was started from (PBS starts jobs in ``$HOME``; local workers
+and Slurm jobs run there too), runs ``pbs.bash`` then ``pbs.kernel``, and then ``python -m hyper_opt.launch.job``,
 which runs ``gpus_per_node x tasks_per_worker`` workers, each with one of the job's GPUs
 (:mod:`hyper_opt.launch.job`, shared with Slurm). ``jobs`` separate jobs, or one array
 (``pbs.array: true``, ``#PBS -J 0-N``).
@@ -222,14 +222,14 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
     lines += [f"#PBS -{k}" if v is None else f"#PBS -{k} {shlex.quote(v)}" for k, v in opts]
     walltime = walltime_s(opts)
     what = "array of" if spec.array and n_jobs > 1 else f"job {job_index} of"
-    lines += [f"# hyper_opt: study {config.optuna.study_name!r}, {what} {n_jobs} job(s)", "",
-              "# PBS starts a job in $HOME: run where qsub ran (save_path), as the predecessors did",
-              'cd "$PBS_O_WORKDIR"']
     from hyper_opt.config import CWD_ENV, working_directory
     from hyper_opt.launch.job import interpreter
 
-    # echo-opt and aimlutils files read relative paths from where the search was started
-    lines += [f"export {CWD_ENV}={shlex.quote(str(working_directory()))}"]
+    lines += [f"# hyper_opt: study {config.optuna.study_name!r}, {what} {n_jobs} job(s)", "",
+              "# PBS starts a job in $HOME: run where the search was started, as local workers and",
+              "# Slurm jobs do (the objective's relative paths and imports mean the same everywhere)",
+              f"export {CWD_ENV}={shlex.quote(str(working_directory()))}",
+              f'cd "${CWD_ENV}"']
     setup = [*spec.bash, *([spec.kernel] if spec.kernel else [])]
     choose, python = interpreter(spec)
     if setup:

@@ -8,9 +8,10 @@
 #PBS -e <SEARCH>/results/err
 # hyper_opt: study '<STUDY>', job 0 of 1 job(s)
 
-# PBS starts a job in $HOME: run where qsub ran (save_path), as the predecessors did
-cd "$PBS_O_WORKDIR"
+# PBS starts a job in $HOME: run where the search was started, as local workers and
+# Slurm jobs do (the objective's relative paths and imports mean the same everywhere)
 export HYPER_OPT_CWD=<SEARCH>
+cd "$HYPER_OPT_CWD"
 
 # setup (pbs:bash, then pbs:kernel), then the python they set up
 source ~/.bashrc
