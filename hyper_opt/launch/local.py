@@ -32,13 +32,11 @@ STOP_GRACE_S = 30.0
 def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[str] = ()) -> list[str]:
     """The argv of one worker (absolute paths, the same overrides as the parent; when one holds a
     password they all travel in the environment instead, see :mod:`hyper_opt.secrets`)."""
-    cmd = [sys.executable, "-m", "hyper_opt.run", str(config.hyper_path)]
-    if config.model_path is not None:
-        cmd.append(str(config.model_path))
-    cmd += ["--worker-index", str(worker_index)]
-    for override in secrets.for_worker(config.overrides)[0]:  # a password goes by environment
-        cmd += ["--set", override]
-    return cmd + list(extra)
+    from hyper_opt.launch.job import worker_argv
+
+    model = str(config.model_path) if config.model_path is not None else None
+    overrides = secrets.for_worker(config.overrides)[0]  # a password goes by environment
+    return worker_argv(str(config.hyper_path), model, overrides, worker_index=worker_index) + list(extra)
 
 
 class _Progress:
