@@ -40,31 +40,25 @@ def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[st
 
 
 class _Progress:
+    """The study's progress (finished of n_trials, running, failed, best) as a tqdm bar: redrawn
+    in place on a terminal, a line at most every 10 s in a log file."""
+
     def __init__(self, total: int, stream: IO[str]) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._last_line = ""
-        self._last_print = 0.0
+        from tqdm import tqdm
+
+        tty = stream.isatty()
+        self.bar = tqdm(total=total, file=stream, unit="trial", dynamic_ncols=tty, ncols=None if tty else 100,
+                        mininterval=0.5 if tty else 10.0, leave=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} finished [{elapsed}]{postfix}")
 
     def show(self, finished: int, running: int, failed: int, best: str) -> None:
-        width = 30
-        done = min(finished, self.total)
-        bar = "#" * (width * done // self.total) + "-" * (width - width * done // self.total)
-        line = f"[{bar}] {done}/{self.total} finished, {running} running, {failed} failed  {best}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(len(self._last_line)))
-            self.stream.flush()
-        elif line != self._last_line and (time.monotonic() - self._last_print > 10 or done == self.total):
-            self.stream.write(line + "\n")
-            self.stream.flush()
-            self._last_print = time.monotonic()
-        self._last_line = line
+        done = min(finished, self.bar.total)
+        self.bar.set_postfix_str(f"{running} running, {failed} failed  {best}".rstrip(), refresh=False)
+        if done != self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.tty and self._last_line:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
 
 
 def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool = False,
