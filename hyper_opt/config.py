@@ -212,6 +212,18 @@ def _resolve_objective(chk: _Checker, value: Any, base: Path, other: Path | None
     return ObjectiveSpec(file=None, module=target, class_name=class_name)
 
 
+def _tasks_per_worker(chk: _Checker, sec: Mapping[str, Any], section: str) -> int:
+    """``tasks_per_worker``, or ``trials_per_job``, its name in echo-opt before 1.0."""
+    key = "tasks_per_worker"
+    if "trials_per_job" in sec:
+        if key in sec:
+            chk.add(f"{section}:trials_per_job", "is echo-opt's old name of tasks_per_worker: give one of them")
+        else:
+            logger.info("%s:trials_per_job is read as tasks_per_worker (its name since echo-opt 1.0)", section)
+            key = "trials_per_job"
+    return chk.integer(sec.get(key), f"{section}:{key}", minimum=1, default=1)
+
+
 def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[str],
                      base: Path, save_path: Path) -> SchedulerSpec | None:
     if raw is None:
@@ -234,7 +246,7 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
         bash=bash,
         kernel=chk.string(sec.get("kernel"), f"{section}:kernel"),
         gpus_per_node=chk.integer(sec.get("gpus_per_node"), f"{section}:gpus_per_node", minimum=0, default=0),
-        tasks_per_worker=chk.integer(sec.get("tasks_per_worker"), f"{section}:tasks_per_worker", minimum=1, default=1),
+        tasks_per_worker=_tasks_per_worker(chk, sec, section),
         array=chk.boolean(sec.get("array"), f"{section}:array", default=False),
         folder=_resolve(base, folder) if isinstance(folder, str) else save_path / DEFAULT_SCHEDULER_FOLDER,
         signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=DEFAULT_SIGNAL_DELAY_S),

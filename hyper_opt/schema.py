@@ -43,9 +43,10 @@ OPTUNA_KEYS = (
     "heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures",
     "db_retry_seconds",
 )
-SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array",
+SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "trials_per_job", "array",
               "folder", "signal_delay_s", "python")
-PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "array", "python")
+PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "trials_per_job", "array",
+            "python")
 LOCAL_KEYS = ("workers",)
 LOG_KEYS = ("save_path", "level")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -283,3 +283,13 @@ def test_read_only_commands_neither_lock_nor_enqueue(tmp_path: Path) -> None:
     s.cli("report", "hyper.yml", "model.yml", "--no-plots", check=True)
     assert len(optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials) == 1, "nothing enqueued"
     assert not list(s.save_path.glob("*.lock")), "no budget lock taken"
+
+
+def test_echo_opt_old_trials_per_job_is_tasks_per_worker(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", extra={"pbs": {"trials_per_job": 2, "gpus_per_node": 1,
+                                                    "batch": {"l": ["select=1:ngpus=1", "walltime=01:00:00"]}}})
+    config, _ = load_config(s.hyper, s.model)
+    assert config.pbs is not None and config.pbs.tasks_per_worker == 2
+    s.rewrite_hyper(lambda h: h["pbs"].update(tasks_per_worker=2))
+    with pytest.raises(ConfigError, match="pbs:trials_per_job"):
+        load_config(s.hyper, s.model)
