@@ -29,7 +29,7 @@ from typing import Any
 from benchmarks import common
 
 SECTIONS = ("overhead", "profile", "scaling", "slurm", "search")
-QUICK_SECTIONS = ("overhead", "scaling", "slurm", "search")
+QUICK_SECTIONS = ("overhead", "scaling", "slurm")  # search: ~28 CPU-minutes even in quick mode; --only search
 DOC = common.REPO / "docs" / "benchmarks.md"
 PLOT = common.BENCH / "figures" / "search_efficiency.png"
 
