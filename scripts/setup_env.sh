@@ -11,6 +11,8 @@ want="$(cat setup.cfg scripts/setup_env.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+echo "setup_env.sh: installing hyper_opt, torch (CPU) and the test and example extras into $VENV" \
+     "(a few minutes the first time; later runs only check)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>/dev/null || true
 # torch first, pinned: 2.13.0 is a CPU wheel on these machines; an unpinned torch may pull CUDA builds.
