@@ -39,26 +39,44 @@ def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[st
     return worker_argv(str(config.hyper_path), model, overrides, worker_index=worker_index) + list(extra)
 
 
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} finished [{elapsed}]{postfix}"
+
+
 class _Progress:
-    """The study's progress (finished of n_trials, running, failed, best) as a tqdm bar: redrawn
-    in place on a terminal, a line at most every 10 s in a log file."""
+    """The study's progress (finished of n_trials, running, failed, best) as a tqdm bar redrawn in
+    place on a terminal; in a log file, the same line (tqdm's format_meter) at most every 10 s."""
 
     def __init__(self, total: int, stream: IO[str]) -> None:
         from tqdm import tqdm
 
-        tty = stream.isatty()
-        self.bar = tqdm(total=total, file=stream, unit="trial", dynamic_ncols=tty, ncols=None if tty else 100,
-                        mininterval=0.5 if tty else 10.0, leave=True,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} finished [{elapsed}]{postfix}")
+        self.total, self.stream = total, stream
+        self.bar = (tqdm(total=total, file=stream, unit="trial", dynamic_ncols=True, mininterval=0.5,
+                         leave=True, bar_format=_BAR_FORMAT) if stream.isatty() else None)
+        self._started = time.monotonic()
+        self._last_print = 0.0
+        self._last_done = -1
 
     def show(self, finished: int, running: int, failed: int, best: str) -> None:
-        done = min(finished, self.bar.total)
-        self.bar.set_postfix_str(f"{running} running, {failed} failed  {best}".rstrip(), refresh=False)
-        if done != self.bar.n:
-            self.bar.update(done - self.bar.n)
+        done = min(finished, self.total)
+        postfix = f"{running} running, {failed} failed  {best}".rstrip()
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+            if done != self.bar.n:
+                self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if done != self._last_done and (now - self._last_print > 10 or done == self.total):
+            from tqdm import tqdm
+
+            line = tqdm.format_meter(done, self.total, now - self._started, ncols=100, bar_format=_BAR_FORMAT,
+                                     postfix=postfix)
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last_print, self._last_done = now, done
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool = False,
