@@ -14,4 +14,4 @@ else
        "their tests are skipped (CI runs as root and runs them)" >&2
 fi
 export PYTHONDONTWRITEBYTECODE=1
-exec .venv/bin/python -m pytest -ra -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -ra --durations=30 -p no:cacheprovider "$@"
