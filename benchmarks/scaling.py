@@ -1,4 +1,4 @@
-"""Benchmark 2: per-trial overhead and command times as the study grows (0, 1,000, 10,000 trials).
+"""Benchmark 2: per-trial overhead and command times as the study grows (0, 2,000, 10,000 trials).
 
 For each sampler (TPE, random) one study grows through the sizes. At each size, K instant
 trials are run by one plain-optuna worker and then by one hyper_opt worker (W=1, so that the
@@ -169,13 +169,13 @@ def _report_available() -> bool:
     return hasattr(report, "run") and hasattr(report, "add_arguments")
 
 
-def run(*, quick: bool, sizes: Sequence[int] = (0, 1000, 10000), samplers: Sequence[str] | None = None,
+def run(*, quick: bool, sizes: Sequence[int] = (0, 2000, 10000), samplers: Sequence[str] | None = None,
         k: int | None = None, fill: str = "bulk", systems: Sequence[str] = ("optuna", "hyper_opt")) -> dict[str, Any]:
     import optuna
 
     url = common.ensure_pg_env()
-    samplers = samplers or (("TPESampler",) if quick else ("TPESampler", "RandomSampler"))
-    k = k or (5 if quick else 20)
+    samplers = samplers or ("TPESampler", "RandomSampler")
+    k = k or (10 if quick else 30)
     repeats = 1 if quick else 3
     py = sys.executable
     load_start = common.load_average()
