@@ -12,7 +12,10 @@ tool does that):
 * ``hyper_opt-nohb``: the same with ``optuna: heartbeat_interval: null``;
 * ``hyper-opt optimize``: ``hyper-opt optimize HYPER.yml MODEL.yml --workers W``, the command a
   user types (it starts the W workers and shows progress from the study every second; full runs);
-* ``echo``: W x ``echo-run HYPER.yml MODEL.yml -n i`` (echo-opt 1.3.1 in benchmarks/.venv-echo).
+* ``echo``: W x ``echo-run HYPER.yml MODEL.yml -n i`` (echo-opt 1.3.1 in benchmarks/.venv-echo);
+* ``optimize --local``: ``python -m hyper_opt optimize HYPER.yml MODEL.yml --local --workers 1``, the
+  "end to end" row (W=1, 200 instant trials, RandomSampler) beside plain optuna's process, both
+  timed from process start to exit (quick runs too).
 
 Every worker is started at the same moment by this script; the study is created before.
 """
@@ -30,6 +33,10 @@ from typing import Any
 from benchmarks import common
 
 SYSTEMS = ("optuna", "optuna+hb", "hyper_opt", "hyper_opt-nohb", "hyper-opt optimize", "echo")
+E2E_SYSTEM = "optimize --local"  # the command a user types, launcher + workers + progress, end to end
+# The end-to-end row of issue 13, in quick runs too: W=1, 200 instant trials, RandomSampler, plain
+# optuna's process (start-up included) against ``hyper-opt optimize HYPER MODEL --local``.
+E2E = ("instant, end to end", 0.0, 200, 1, "RandomSampler")
 
 
 def worker_commands(system: str, *, url: str, study: str, n: int, sleep: float, workers: int,
@@ -42,6 +49,10 @@ def worker_commands(system: str, *, url: str, study: str, n: int, sleep: float, 
         if system == "optuna+hb":
             base += ["--heartbeat", "60"]
         return [base + ["--worker-index", str(i)] for i in range(workers)]
+    if system == E2E_SYSTEM:
+        hyper, model = common.write_hyper_opt_search(folder, url=url, study=study, n_trials=n, sleep=sleep,
+                                                     timing_dir=timing_dir, sampler=sampler)
+        return [[py, "-m", "hyper_opt", "optimize", str(hyper), str(model), "--local", "--workers", str(workers)]]
     if system == "hyper-opt optimize":
         hyper, model = common.write_hyper_opt_search(folder, url=url, study=study, n_trials=n, sleep=sleep,
                                                      timing_dir=timing_dir, sampler=sampler)
@@ -142,7 +153,20 @@ def run(*, quick: bool, repeats: int | None = None, systems: Sequence[str] | Non
                           f"{common.fmt_s(tm['overhead_all_in_s'], ms=True)} ms  startup "
                           f"{common.fmt_s(tm['startup_s'])} s  load {result['load_before']:.2f}  "
                           f"({time.monotonic() - t:.0f} s)", file=sys.stderr)
-    return {"runs": runs, "systems": list(systems), "load": {"start": load_start, "end": common.load_average()}}
+    label, sleep, n, workers, sampler = E2E
+    for rep in range(repeats):
+        for system in ("optuna", E2E_SYSTEM):
+            t = time.monotonic()
+            result = common.retrying(
+                lambda: run_one(system, url=url, n=n, sleep=sleep, workers=workers, sampler=sampler),
+                url=url, what=f"{system} {label}")
+            result.update(objective=label, repeat=rep)
+            runs.append(result)
+            print(f"  {label} W={workers} {system:<17} {result['finished']:>3} finished in {result['wall_s']:6.1f} s "
+                  f"(process start to exit)  load {result['load_before']:.2f}  ({time.monotonic() - t:.0f} s)",
+                  file=sys.stderr)
+    return {"runs": runs, "systems": [*systems, E2E_SYSTEM],
+            "load": {"start": load_start, "end": common.load_average()}}
 
 
 # --------------------------------------------------------------------------- markdown
@@ -199,4 +223,11 @@ def markdown(data: dict[str, Any]) -> str:
     header = ["objective", "W", "system", "finished/N", "wall s", "trials/s", "steady trials/s",
               "overhead median ms", "overhead p90 ms", "all-in overhead ms", "start-up s",
               "trials/s vs optuna", "overhead vs optuna"]
-    return common.markdown_table(header, table)
+    text = common.markdown_table(header, table)
+    e2e = {r["system"]: r for r in rows if r["objective"] == E2E[0]}
+    if "optuna" in e2e and E2E_SYSTEM in e2e and e2e["optuna"]["wall_s"]:
+        ratio = e2e[E2E_SYSTEM]["wall_s"] / e2e["optuna"]["wall_s"]
+        text += (f"\n\nEnd to end (W=1, {E2E[2]} instant trials, {E2E[4]}, process start to exit): plain optuna "
+                 f"{e2e['optuna']['wall_s']:.1f} s, `hyper-opt optimize --local` {e2e[E2E_SYSTEM]['wall_s']:.1f} s "
+                 f"(**{ratio:.2f}x**).")
+    return text

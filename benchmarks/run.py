@@ -28,17 +28,19 @@ from typing import Any
 
 from benchmarks import common
 
-SECTIONS = ("overhead", "profile", "scaling", "workers", "slurm", "search")
-QUICK_SECTIONS = ("overhead", "scaling", "workers", "slurm")  # search: ~28 CPU-minutes even in quick mode; --only search
+SECTIONS = ("overhead", "profile", "scaling", "workers", "slurm", "sampling", "search")
+QUICK_SECTIONS = ("overhead", "scaling", "workers", "slurm", "sampling")  # search: ~28 CPU-minutes even in quick mode; --only search
+# section name -> module in benchmarks/ (where they differ)
+MODULES = {"profile": "profile_worker", "slurm": "slurm_start", "search": "search_efficiency",
+           "workers": "many_workers"}
 DOC = common.REPO / "docs" / "benchmarks.md"
 PLOT = common.BENCH / "figures" / "search_efficiency.png"
 
 
 def _module(name: str) -> Any:
-    from benchmarks import many_workers, overhead, profile_worker, scaling, search_efficiency, slurm_start
+    import importlib
 
-    return {"overhead": overhead, "profile": profile_worker, "scaling": scaling, "slurm": slurm_start,
-            "search": search_efficiency, "workers": many_workers}[name]
+    return importlib.import_module(f"benchmarks.{MODULES.get(name, name)}")
 
 
 def run_section(name: str, *, quick: bool, command: str, max_load: float | None) -> dict[str, Any]:

@@ -47,14 +47,73 @@ def build_component(spec: ComponentSpec, module_name: str) -> Any:
 
 
 
-def make_sampler(spec: ComponentSpec | None, *, worker_index: int = 0) -> optuna.samplers.BaseSampler | None:
-    """The configured sampler (None: optuna's default). A ``seed`` is offset by the worker index,
-    so that workers do not draw the same random start-up trials."""
+SEED_MAX = 2**32  # numpy's seeds (every optuna sampler seeds a numpy RandomState) are below 2**32
+
+
+def worker_seed(seed: int, worker_index: int, start: int = 0) -> int:
+    """The seed of one worker's sampler, from the configured ``seed``.
+
+    ``worker_index`` is unique among the workers of one launch (a job's workers are numbered
+    ``job_index x workers_per_job + i``, see :func:`hyper_opt.launch.job.start_workers`), but not
+    across launches: a requeued job, a second ``optimize --reload`` or a ``--local`` run on a
+    study that Slurm jobs started numbers its workers from 0 again. Seeded alike, such a worker
+    would draw exactly the trials its earlier namesake drew (RandomSampler, QMC, TPE's start-up
+    trials). ``start``, the number of trials in the study when the worker opened it, tells the
+    launches apart: a later launch of the same slot always finds more trials than its namesake
+    left. On a fresh study this is ``seed + worker_index`` (worker 0 of a single worker keeps
+    ``seed``: the very trials plain optuna draws with that seed); otherwise a stable hash of
+    the three, so that two launches never meet.
+    """
+    if start == 0:
+        return (int(seed) + worker_index) % SEED_MAX
+    import hashlib
+
+    digest = hashlib.sha256(f"hyper_opt:{int(seed)}:{worker_index}:{start}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % SEED_MAX
+
+
+def make_sampler(spec: ComponentSpec | None, *, worker_index: int = 0,
+                 start: int = 0) -> optuna.samplers.BaseSampler | None:
+    """The configured sampler (None: optuna's default, TPESampler(): multivariate with constant
+    liar in optuna 5, seeded from the OS). A ``seed`` becomes :func:`worker_seed`, so that no two
+    workers, in this launch or an earlier one, draw the same random trials."""
     if spec is None:
         return None
-    if "seed" in spec.kwargs and spec.kwargs["seed"] is not None and worker_index:
-        spec = ComponentSpec(spec.type, {**spec.kwargs, "seed": int(spec.kwargs["seed"]) + worker_index})
+    if spec.kwargs.get("seed") is not None and (worker_index or start):
+        spec = ComponentSpec(spec.type, {**spec.kwargs, "seed": worker_seed(spec.kwargs["seed"], worker_index, start)})
     return build_component(spec, "samplers")
+
+
+def study_trial_count(storage: Any, study_name: str) -> int:
+    """Trials (of any state) in a study: one ``COUNT`` on an RDB storage (optuna's
+    ``get_n_trials`` reads every trial there), optuna's ``get_n_trials`` elsewhere; 0 for a study
+    that is not there."""
+    import optuna
+
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    if isinstance(storage, optuna.storages.RDBStorage):
+        import sqlalchemy
+
+        try:
+            with storage.engine.connect() as conn:
+                return int(conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM trials WHERE study_id = :sid"),
+                                        {"sid": study_id}).scalar() or 0)
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
+            pass  # another schema: optuna's own count below (a lost connection raises there too)
+    return storage.get_n_trials(study_id)
+
+
+def worker_sampler(spec: ComponentSpec | None, storage: Any, study_name: str, *,
+                   worker_index: int = 0) -> optuna.samplers.BaseSampler | None:
+    """:func:`make_sampler` for a worker opening the study in ``storage``: a seeded sampler's
+    seed also depends on the trials already there (see :func:`worker_seed`)."""
+    start = 0
+    if spec is not None and spec.kwargs.get("seed") is not None:
+        start = study_trial_count(storage, study_name)
+    return make_sampler(spec, worker_index=worker_index, start=start)
 
 
 def make_pruner(spec: ComponentSpec | None) -> optuna.pruners.BasePruner:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt.exceptions import ConfigError, StudyExistsError
-from hyper_opt.registry import make_pruner, make_sampler, quiet_experimental  # noqa: F401 - re-exported
+from hyper_opt.registry import make_pruner, make_sampler, quiet_experimental, worker_sampler  # noqa: F401 - re-exported
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import BudgetLock, describe, is_connection_error, make_storage, with_db_retry
 
@@ -34,7 +34,7 @@ def _load(config: HyperConfig, storage: Any, *, worker_index: int) -> optuna.Stu
     return optuna.load_study(
         study_name=config.optuna.study_name,
         storage=storage,
-        sampler=make_sampler(config.optuna.sampler, worker_index=worker_index),
+        sampler=worker_sampler(config.optuna.sampler, storage, config.optuna.study_name, worker_index=worker_index),
         pruner=make_pruner(config.optuna.pruner),
     )
 

@@ -30,13 +30,18 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, a command's module is imported (and its arguments added)
+    for that command alone: a worker (``hyper-opt run``) or ``optimize`` does not pay for
+    importing the report, plots and metric-learning modules at every start."""
     parser = argparse.ArgumentParser(prog="hyper-opt", description="Hyperparameter searches with optuna, "
                                      "on one machine or as Slurm or PBS jobs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text)
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
@@ -48,10 +53,10 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
     argv = list(sys.argv[1:] if argv is None else argv)
     from hyper_opt.config import CWD_ENV
 
-    parser = build_parser()
     commands = {"optimize", "run", "status", "cancel", "report", "test", "rerun", "-h", "--help"}
     if default_command and (not argv or argv[0] not in commands):
         argv.insert(0, default_command)
+    parser = build_parser(argv[0] if argv and argv[0] in {name for name, _, _ in COMMANDS} else None)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     # Relative paths of the predecessors' files are read from where the search was started:
