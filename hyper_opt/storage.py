@@ -123,36 +123,36 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
         if (st.url or "").startswith("postgresql"):
             role = WORKER_APPLICATION_NAME if worker else COMMAND_APPLICATION_NAME
             engine_kwargs["connect_args"] = {"application_name": application_name(role, spec.study_name)}
-            if worker:  # optuna's start-up checks nest two connections: one more, closed at once
-                engine_kwargs.update(pool_size=1, max_overflow=1)
+            if worker:
+                engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
+                                     pool_timeout=WORKER_POOL_TIMEOUT_S)
+    one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
         heartbeat = {"heartbeat_interval": spec.heartbeat_interval, "grace_period": spec.grace_period,
                      "heartbeat_stale_trial_callback": retry_callback(spec.max_retry)}
     try:
         with quiet_experimental():
-            storage = optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs, **heartbeat)
+            storage = optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs,
+                                                 skip_compatibility_check=one_connection, **heartbeat)
     except Exception as err:  # sqlalchemy/driver errors: unreachable server, bad credentials
         raise StorageError(f"cannot open the study storage {describe(st)}: {_first_line(err)}") from err
-    if worker and "pool_size" in engine_kwargs:
-        _one_connection(storage, engine_kwargs)
+    if one_connection:
+        _check_schema(storage, st)
     return storage
 
 
-def _one_connection(storage: Any, engine_kwargs: dict[str, Any]) -> None:
-    """After optuna's start-up checks (which open a second connection inside a session), give
-    the storage an engine whose pool holds one connection and never more: every storage call
-    of the process, the heartbeat thread's and the budget lock's (:meth:`BudgetLock.transaction`)
-    take turns on it (a call waits up to WORKER_POOL_TIMEOUT_S for it, milliseconds in practice)."""
-    import sqlalchemy
-    import sqlalchemy.orm
-
-    old = storage.engine
-    storage.engine = sqlalchemy.create_engine(
-        storage.url, **{**engine_kwargs, "pool_size": CONNECTIONS_PER_WORKER, "max_overflow": 0,
-                        "pool_timeout": WORKER_POOL_TIMEOUT_S})
-    storage.scoped_session = sqlalchemy.orm.scoped_session(sqlalchemy.orm.sessionmaker(bind=storage.engine))
-    old.dispose()
+def _check_schema(storage: Any, st: StorageSpec) -> None:
+    """optuna's table-schema check, on one connection at a time (optuna's own holds a session
+    open while it opens a second connection, which a one-connection pool cannot give)."""
+    try:
+        current, head = storage.get_current_version(), storage.get_head_version()
+    except Exception as err:  # noqa: BLE001 - a driver error: with_db_retry decides
+        raise StorageError(f"cannot read the schema version of {describe(st)}: {_first_line(err)}") from err
+    if current != head:
+        raise StorageRefusedError(
+            f"the tables of {describe(st)} have schema version {current}, this optuna expects {head}: "
+            "run `optuna storage upgrade --storage URL` (or install the optuna that created them)")
 
 
 def _first_line(err: BaseException) -> str:

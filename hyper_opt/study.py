@@ -428,6 +428,13 @@ def first_heartbeat(opened: Opened, trial_id: int, conn: Any = None) -> None:
         "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = excluded.heartbeat"), {"t": trial_id})
 
 
+def _as_datetime(value: Any) -> Any:
+    """A DATETIME column read by plain SQL: a datetime, or on SQLite its ISO text."""
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def recent_durations(opened: Opened, n: int = 50) -> list[float]:
     """Durations in seconds of the study's last ``n`` COMPLETE trials, oldest first: one query
     on an RDB storage (not every trial of a 10,000-trial study), optuna's API elsewhere."""
@@ -443,7 +450,8 @@ def recent_durations(opened: Opened, n: int = 50) -> list[float]:
                     "SELECT datetime_start, datetime_complete FROM trials WHERE study_id = :sid "
                     "AND state = 'COMPLETE' ORDER BY number DESC LIMIT :n"),
                     {"sid": opened.study_id, "n": n}).fetchall()
-            return [(done - start).total_seconds() for start, done in reversed(rows) if start and done]
+            return [(_as_datetime(done) - _as_datetime(start)).total_seconds()
+                    for start, done in reversed(rows) if start and done]
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
             if is_connection_error(err):
                 raise
