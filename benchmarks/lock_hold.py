@@ -135,14 +135,12 @@ def measure(url: str, *, sampler: dict[str, Any], mode: str, prefill: int, trial
 
 
 def _available(spec: dict[str, Any]) -> str | None:
-    if spec["type"] != "GPSampler":
-        return None
-    try:
-        import scipy  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as err:
-        return f"GPSampler needs {err.name}, not installed"
-    return None
+    """Why a sampler cannot run here (a package it needs is missing), or None."""
+    import importlib.util
+
+    needs = {"CmaEsSampler": ("cmaes",), "GPSampler": ("torch", "scipy")}.get(spec["type"], ())
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    return f"{spec['type']} needs {', '.join(missing)}, not installed" if missing else None
 
 
 def run(*, quick: bool, prefill: int | None = None, trials: int | None = None,

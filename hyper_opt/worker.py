@@ -346,9 +346,16 @@ class Worker:
                           what="failing stale trials")
         claim_started = time.perf_counter()
         result = with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
-        if result is None and not due and atomic:  # about to wait: free the slots of dead workers first
-            with_db_retry(lambda: self._scan_stale(opened), seconds=spec.db_retry_seconds,
-                          what="failing stale trials")
+        if result is None and not due:  # about to wait: free the slots of dead workers first
+
+            def scan() -> None:
+                if atomic:
+                    self._scan_stale(opened)
+                    return
+                with opened.lock.hold():
+                    self._scan_stale(opened)
+
+            with_db_retry(scan, seconds=spec.db_retry_seconds, what="failing stale trials")
         if result is None or isinstance(result, Stop):
             return result
         trial_id, origin = result
