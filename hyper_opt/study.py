@@ -222,9 +222,8 @@ def counts(opened: Opened, conn: Any = None) -> dict[str, int]:
 
         query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
         try:
-            if conn is not None:
-                with conn.begin_nested():  # a schema error must not abort the claim's transaction
-                    rows = conn.execute(query, {"sid": opened.study_id}).fetchall()
+            if conn is not None:  # optuna's schema, checked when the storage opened: no savepoint
+                rows = conn.execute(query, {"sid": opened.study_id}).fetchall()
             else:
                 with opened.storage.engine.connect() as own:
                     rows = own.execute(query, {"sid": opened.study_id}).fetchall()
@@ -396,13 +395,12 @@ def set_user_attrs(opened: Opened, trial_id: int, attrs: dict[str, Any], conn: A
         params: dict[str, Any] = {"t": trial_id}
         for i, (key, value) in enumerate(attrs.items()):
             params[f"k{i}"], params[f"v{i}"] = key, json.dumps(value)
+        if conn is not None:  # in the claim's transaction, where no fallback could follow a failure
+            conn.execute(statement, params)
+            return
         try:
-            if conn is not None:
-                with conn.begin_nested():
-                    conn.execute(statement, params)
-            else:
-                with storage.engine.begin() as own:
-                    own.execute(statement, params)
+            with storage.engine.begin() as own:
+                own.execute(statement, params)
             return
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
             if is_connection_error(err):
