@@ -1,12 +1,14 @@
 """Where a hyper_opt worker spends its time per trial, beside plain optuna: phases and SQL queries.
 
     python -m benchmarks.profile_worker [--trials 40] [--prefill 0] [--sampler TPESampler] [--no-heartbeat]
+                                        [--old-claim]
 
 Both run in this process on a fresh PostgreSQL study with the instant benchmark objective:
 hyper_opt's ``Worker.run`` (with timers wrapped around its phases) and plain
 ``study.optimize``. Every SQL statement is counted and timed, and attributed to the innermost
 wrapped phase it ran in. Times are inclusive (``_claim`` contains ``ask``); the ``SQL`` columns
-are exclusive to the phase. Use ``--prefill`` to see how the phases grow with the study size.
+are exclusive to the phase. Use ``--prefill`` to see how the phases grow with the study size,
+``--old-claim`` for the claim as it was before issue 13 (benchmarks/lock_hold.py emulates it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ PHASES = (
     ("hyper_opt.worker", "fail_stale_trials"),
     ("hyper_opt.worker", "ask"),
     ("hyper_opt.worker", "Worker._start_bookkeeping"),
+    ("hyper_opt.worker", "Worker._scan_stale"),
+    ("hyper_opt.worker", "start_trial"),
+    ("hyper_opt.worker", "first_heartbeat"),
+    ("hyper_opt.worker", "make_trial"),
+    ("hyper_opt.worker", "counts"),
+    ("benchmarks.lock_hold", "_old_claim"),
     ("hyper_opt.worker", "_Heartbeat.__enter__"),
     ("hyper_opt.worker", "_Heartbeat.__exit__"),
     ("hyper_opt.objective", "BaseObjective.update_config"),
@@ -135,7 +143,7 @@ def prefill(url: str, name: str, n: int) -> None:
 
 
 def profile_hyper_opt(url: str, *, trials: int, prefill_n: int, sampler: str, heartbeat: bool,
-                      prof: Profiler) -> dict[str, Any]:
+                      prof: Profiler, old_claim: bool = False) -> dict[str, Any]:
     import optuna
 
     from hyper_opt.config import load_config
@@ -153,6 +161,10 @@ def profile_hyper_opt(url: str, *, trials: int, prefill_n: int, sampler: str, he
             Worker(config, m).run()  # warm up: imports, connections, 3 trials
             config, m = load_config(hyper, model, overrides=[f"optuna:n_trials={prefill_n + 3 + trials}"])
             worker = Worker(config, m)
+            if old_claim:
+                from benchmarks import lock_hold
+
+                worker._claim = lambda opened: lock_hold._old_claim(worker, opened)  # type: ignore[method-assign]
             prof.reset()
             start = time.perf_counter()
             worker.run()
@@ -229,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=0, help="COMPLETE trials added to the study first")
     parser.add_argument("--sampler", default="TPESampler")
     parser.add_argument("--no-heartbeat", action="store_true", help="optuna:heartbeat_interval: null")
+    parser.add_argument("--old-claim", action="store_true", help="the claim as it was before issue 13")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
     import logging
@@ -245,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = common.load_average()
     try:
         h = profile_hyper_opt(url, trials=args.trials, prefill_n=args.prefill, sampler=args.sampler,
-                              heartbeat=not args.no_heartbeat, prof=prof)
+                              heartbeat=not args.no_heartbeat, prof=prof, old_claim=args.old_claim)
         o = profile_optuna(url, trials=args.trials, prefill_n=args.prefill, sampler=args.sampler, prof=prof)
     finally:
         prof.undo()
     load_after = common.load_average()
-    text = (f"{args.trials} instant trials, {args.sampler}, study pre-filled with {args.prefill} trials, "
+    text = (f"{'old claim; ' if args.old_claim else ''}{args.trials} instant trials, {args.sampler}, "
+            f"study pre-filled with {args.prefill} trials, "
             f"heartbeat {'off' if args.no_heartbeat else 'on'}; load average {load_before[0]:.2f} before, "
             f"{load_after[0]:.2f} after.\n\n"
             f"hyper_opt worker: {h['total_s'] / args.trials * 1000:.1f} ms/trial\n\n{h['table']}\n\n"

@@ -10,8 +10,16 @@ Three kinds (see :class:`hyper_opt.config.StorageSpec`):
 
 The budget lock serialises "count the trials, then start one" across every worker of a study,
 so that W workers end with exactly ``n_trials`` finished trials: a file lock beside the file
-storages, a session-level advisory lock on PostgreSQL (released by the server if the worker
-dies) and ``GET_LOCK`` on MySQL.
+storages, ``GET_LOCK`` on MySQL, and on PostgreSQL a transaction-level advisory lock taken in the
+one transaction that makes the whole claim (:meth:`BudgetLock.transaction`): optuna's storage is
+bound to that transaction's connection, so the claim commits (and the lock goes) at once, a worker
+killed in the middle leaves nothing behind, and the claim works behind PgBouncer in transaction
+pooling mode.
+
+A worker opens one connection to a database server and no more (:data:`CONNECTIONS_PER_WORKER`):
+storage calls, the budget lock and the heartbeat thread share one engine with a one-connection
+pool; its ``application_name`` (``hyper_opt-worker <study>``) makes them countable in
+``pg_stat_activity``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import hashlib
 import logging
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +49,20 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 120
+
+# The most connections one worker process opens to a PostgreSQL server: one engine with a pool of
+# one connection (no overflow) shared by optuna's storage, the budget lock (a transaction on that
+# connection) and the heartbeat thread (which waits its turn for milliseconds). For the planned
+# ``workers x CONNECTIONS_PER_WORKER <= max_connections`` check before submitting.
+CONNECTIONS_PER_WORKER = 1
+WORKER_APPLICATION_NAME = "hyper_opt-worker"
+COMMAND_APPLICATION_NAME = "hyper_opt"
+WORKER_POOL_TIMEOUT_S = 120  # a storage call waits this long for the worker's one connection
+
+
+def application_name(role: str, study_name: str) -> str:
+    """``hyper_opt-worker <study>`` (PostgreSQL keeps 63 bytes): who holds a connection."""
+    return f"{role} {study_name}".encode()[:63].decode(errors="ignore")
 
 
 def describe(spec: StorageSpec) -> str:
@@ -74,8 +97,12 @@ def _prepare_sqlite(path: Path) -> None:
         raise StorageRefusedError(f"the study storage sqlite file {path}: {reason} ({_first_line(err)})") from err
 
 
-def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
-    """The optuna storage for a study, with heartbeat and retry of stale trials where supported."""
+def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.BaseStorage:
+    """The optuna storage for a study, with heartbeat and retry of stale trials where supported.
+
+    ``worker``: on PostgreSQL, one connection for the whole process (see CONNECTIONS_PER_WORKER),
+    named ``hyper_opt-worker <study>`` in ``pg_stat_activity`` (commands are ``hyper_opt <study>``).
+    """
     import optuna
 
     st = spec.storage
@@ -93,15 +120,39 @@ def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
+        if (st.url or "").startswith("postgresql"):
+            role = WORKER_APPLICATION_NAME if worker else COMMAND_APPLICATION_NAME
+            engine_kwargs["connect_args"] = {"application_name": application_name(role, spec.study_name)}
+            if worker:
+                engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
+                                     pool_timeout=WORKER_POOL_TIMEOUT_S)
+    one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
         heartbeat = {"heartbeat_interval": spec.heartbeat_interval, "grace_period": spec.grace_period,
                      "heartbeat_stale_trial_callback": retry_callback(spec.max_retry)}
     try:
         with quiet_experimental():
-            return optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs, **heartbeat)
+            storage = optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs,
+                                                 skip_compatibility_check=one_connection, **heartbeat)
     except Exception as err:  # sqlalchemy/driver errors: unreachable server, bad credentials
         raise StorageError(f"cannot open the study storage {describe(st)}: {_first_line(err)}") from err
+    if one_connection:
+        _check_schema(storage, st)
+    return storage
+
+
+def _check_schema(storage: Any, st: StorageSpec) -> None:
+    """optuna's table-schema check, on one connection at a time (optuna's own holds a session
+    open while it opens a second connection, which a one-connection pool cannot give)."""
+    try:
+        current, head = storage.get_current_version(), storage.get_head_version()
+    except Exception as err:  # noqa: BLE001 - a driver error: with_db_retry decides
+        raise StorageError(f"cannot read the schema version of {describe(st)}: {_first_line(err)}") from err
+    if current != head:
+        raise StorageRefusedError(
+            f"the tables of {describe(st)} have schema version {current}, this optuna expects {head}: "
+            "run `optuna storage upgrade --storage URL` (or install the optuna that created them)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -305,6 +356,7 @@ class BudgetLock:
         self._timeout_s = timeout_s
         self._fh: Any = None
         self._conn: Any = None
+        self._tx_conn: Any = None  # the connection of the claim's transaction (PostgreSQL), while held
         self._key = int.from_bytes(hashlib.sha256(f"hyper_opt:{spec.study_name}".encode()).digest()[:8],
                                    "big", signed=True)
 
@@ -445,3 +497,98 @@ class BudgetLock:
             yield self
         finally:
             self.release()
+
+    def atomic(self, storage: Any) -> bool:
+        """Whether :meth:`transaction` makes one database transaction of the claim (PostgreSQL)."""
+        return (self._spec.storage.kind == "url" and (self._spec.storage.url or "").startswith("postgresql")
+                and hasattr(storage, "engine") and hasattr(storage, "scoped_session"))
+
+    @contextlib.contextmanager
+    def transaction(self, storage: Any) -> Iterator[Any]:
+        """Hold the lock for one claim; yield the connection of the claim's transaction, or None.
+
+        On PostgreSQL (given optuna's RDBStorage): one transaction on one connection of the
+        storage's own engine: ``pg_advisory_xact_lock`` (bounded by ``lock_timeout``), then
+        whatever the caller does, with every call of ``storage`` in this thread bound to that
+        transaction (each in a savepoint); COMMIT at the end releases the lock. An exception, or a
+        process that dies, rolls all of it back. The server's TCP keepalives are set for the
+        transaction, so that a holder whose machine vanished loses the lock within about a
+        minute. Elsewhere (SQLite, journal, MySQL): :meth:`hold`, and the caller's storage calls
+        commit one by one, as before."""
+        if self._tx_conn is not None:  # nested in a claim's transaction: the same one
+            self._depth += 1
+            try:
+                yield self._tx_conn
+            finally:
+                self._depth = max(self._depth - 1, 1)
+            return
+        if not self.atomic(storage) or self._depth:
+            # Or nested in a session-level hold(): a second server session would wait for the
+            # first one's lock; keep to the lock already held.
+            with self.hold():
+                yield None
+            return
+        import sqlalchemy
+
+        conn = storage.engine.connect()
+        try:
+            with conn.begin():
+                ms = int(self._timeout_s * 1000)
+                conn.execute(sqlalchemy.text(
+                    "SELECT set_config('lock_timeout', :lt, true), "
+                    "set_config('idle_in_transaction_session_timeout', :it, true), "
+                    "set_config('tcp_keepalives_idle', '30', true), "
+                    "set_config('tcp_keepalives_interval', '10', true), "
+                    "set_config('tcp_keepalives_count', '3', true)"),
+                    {"lt": str(ms), "it": str(max(ms // 2, 60_000))})
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
+                except Exception as err:
+                    if _sqlstate(err) == "55P03":  # lock_timeout: a hung holder, not an outage
+                        raise self._stuck() from None
+                    raise
+                self._depth, self._tx_conn = 1, conn
+                try:
+                    with bind_session(storage, conn):
+                        yield conn
+                finally:
+                    self._depth, self._tx_conn = 0, None
+        finally:
+            conn.close()
+
+
+class _BindableSessions:
+    """Stands in for ``RDBStorage.scoped_session`` (optuna opens every storage call with
+    ``storage.scoped_session()``, commits, and closes it): while a thread has bound a connection
+    (:func:`bind_session`), its calls get a Session on that connection, joined with a SAVEPOINT,
+    so that their commits do not end the caller's transaction; other threads (the heartbeat)
+    and unbound calls get optuna's own sessions."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._local = threading.local()
+
+    def __call__(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return self._inner()
+        from sqlalchemy.orm import Session
+
+        return Session(bind=conn, join_transaction_mode="create_savepoint")
+
+    def __getattr__(self, name: str) -> Any:  # remove(), configure(), ...
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def bind_session(storage: Any, conn: Any) -> Iterator[None]:
+    """Run optuna's calls on ``storage`` made in this thread inside ``conn``'s transaction."""
+    sessions = storage.scoped_session
+    if not isinstance(sessions, _BindableSessions):  # installed once (a storage unpickled drops it)
+        sessions = storage.scoped_session = _BindableSessions(sessions)
+    previous = getattr(sessions._local, "conn", None)
+    sessions._local.conn = conn
+    try:
+        yield
+    finally:
+        sessions._local.conn = previous

@@ -58,8 +58,12 @@ class Opened:
 
 
 def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False, replace: bool = False,
-               worker_index: int = 0) -> Opened:
+               worker_index: int = 0, worker: bool = False) -> Opened:
     """Load the study, creating it (and enqueueing its seed trials) when missing and ``create``.
+
+    ``worker``: the storage of a worker process (one connection to a database server, see
+    :data:`hyper_opt.storage.CONNECTIONS_PER_WORKER`). On PostgreSQL the creation is one
+    transaction under the budget lock (:meth:`BudgetLock.transaction`).
 
     ``check_reload`` (for ``optimize``): an existing study with trials is only continued when
     ``reload`` is set; otherwise :class:`StudyExistsError` says how to continue or replace it.
@@ -72,10 +76,10 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     if (check_reload and spec.reload_explicit and spec.storage.path is not None
             and not spec.storage.path.exists()):  # before opening it creates an empty file there
         raise StudyExistsError(_not_found_message(config, None))
-    storage = with_db_retry(lambda: make_storage(spec), seconds=spec.db_retry_seconds if create else 30,
-                            what="opening the study storage")
+    storage = with_db_retry(lambda: make_storage(spec, worker=worker),
+                            seconds=spec.db_retry_seconds if create else 30, what="opening the study storage")
     lock = BudgetLock(spec)
-    with lock.hold():
+    with lock.transaction(storage):
         exists = study_exists(storage, spec.study_name)
         if exists and (check_reload or replace):
             study_id = storage.get_study_id_from_name(spec.study_name)
@@ -202,12 +206,13 @@ def claim_save_path(config: HyperConfig, *, write: bool) -> None:
         atomic_write_text(path, name + "\n")
 
 
-def counts(opened: Opened) -> dict[str, int]:
+def counts(opened: Opened, conn: Any = None) -> dict[str, int]:
     """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
 
     On an RDB storage this is one ``COUNT ... GROUP BY`` on optuna's ``trials`` table instead of
     loading every trial (5 s a trial at 10,000 trials otherwise); any other storage, or a schema
-    that does not answer, falls back to optuna's public ``get_all_trials``.
+    that does not answer, falls back to optuna's public ``get_all_trials``. ``conn``: the claim's
+    connection (:meth:`BudgetLock.transaction`), else one from the storage's engine.
     """
     import optuna
 
@@ -215,11 +220,13 @@ def counts(opened: Opened) -> dict[str, int]:
     if isinstance(opened.storage, optuna.storages.RDBStorage):
         import sqlalchemy
 
+        query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
         try:
-            with opened.storage.engine.connect() as conn:
-                rows = conn.execute(sqlalchemy.text(
-                    "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-                    {"sid": opened.study_id}).fetchall()
+            if conn is not None:  # optuna's schema, checked when the storage opened: no savepoint
+                rows = conn.execute(query, {"sid": opened.study_id}).fetchall()
+            else:
+                with opened.storage.engine.connect() as own:
+                    rows = own.execute(query, {"sid": opened.study_id}).fetchall()
             names = [(getattr(state, "name", str(state)), int(n)) for state, n in rows]
             if all(name in result for name, _ in names):  # an unknown state must not go uncounted
                 for name, n in names:
@@ -318,6 +325,137 @@ def ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
+
+
+def trial_store(study: optuna.Study) -> Any:
+    """The storage a Study reads through: for an RDB storage, optuna's cache in front of it.
+    Trials are created and popped through it, as ``Study.ask`` does, so that the Study (and the
+    sampler) knows them; a created trial the cache does not know cannot take parameters."""
+    return getattr(study, "_storage")
+
+
+def start_trial(opened: Opened, *, waiting: bool) -> tuple[int, int | None]:
+    """What ``Study.ask`` does in the storage, without building the ``optuna.Trial`` (where the
+    sampler runs): pop the first WAITING trial (set RUNNING, which fails if another process got
+    it first) when ``waiting`` says there are some, else create a new RUNNING trial. Returns the
+    trial id and, for a re-queued copy, the number of the trial it retries."""
+    import optuna
+
+    store = trial_store(opened.study)
+    if waiting:
+        for frozen in store.get_all_trials(opened.study_id, deepcopy=False,
+                                           states=(optuna.trial.TrialState.WAITING,)):
+            trial_id = store.get_trial_id_from_study_id_trial_number(opened.study_id, frozen.number)
+            try:
+                if not store.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            return trial_id, frozen.system_attrs.get("failed_trial")
+    return store.create_new_trial(opened.study_id), None
+
+
+def make_trial(opened: Opened, trial_id: int) -> optuna.Trial:
+    """The ``optuna.Trial`` of a started trial, as ``Study.ask`` builds it (the sampler's
+    ``before_trial`` runs here; relative sampling at the first suggestion)."""
+    import optuna
+
+    return optuna.Trial(opened.study, trial_id)
+
+
+def reload_study(opened: Opened) -> None:
+    """A fresh Study object (same sampler and pruner, so no seed repeats): after a claim's
+    transaction was rolled back, optuna's cache may hold a trial that does not exist."""
+    import optuna
+
+    opened.study = optuna.load_study(study_name=opened.study.study_name, storage=opened.storage,
+                                     sampler=opened.study.sampler, pruner=opened.study.pruner)
+
+
+def set_user_attrs(opened: Opened, trial_id: int, attrs: dict[str, Any], conn: Any = None) -> None:
+    """Set several user attributes of a RUNNING trial: one upsert statement on an RDB storage
+    (in ``conn``'s transaction when given) instead of one INSERT each; optuna's
+    ``set_trial_user_attr`` per key on other storages or when the statement fails."""
+    import json
+
+    import optuna
+
+    if not attrs:
+        return
+    storage = opened.storage
+    dialect = storage.engine.dialect.name if isinstance(storage, optuna.storages.RDBStorage) else ""
+    if dialect in ("postgresql", "sqlite", "mysql"):
+        import sqlalchemy
+
+        rows = ", ".join(f"(:t, :k{i}, :v{i})" for i in range(len(attrs)))
+        upsert = ("ON DUPLICATE KEY UPDATE value_json = VALUES(value_json)" if dialect == "mysql"
+                  else "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json")
+        statement = sqlalchemy.text(f"INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                                    f"VALUES {rows} {upsert}")
+        params: dict[str, Any] = {"t": trial_id}
+        for i, (key, value) in enumerate(attrs.items()):
+            params[f"k{i}"], params[f"v{i}"] = key, json.dumps(value)
+        if conn is not None:  # in the claim's transaction, where no fallback could follow a failure
+            conn.execute(statement, params)
+            return
+        try:
+            with storage.engine.begin() as own:
+                own.execute(statement, params)
+            return
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if is_connection_error(err):
+                raise
+            logger.warning("cannot write trial attributes in one statement (%s); one by one",
+                           str(err).splitlines()[0])
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def first_heartbeat(opened: Opened, trial_id: int, conn: Any = None) -> None:
+    """Record a new trial's first heartbeat. In the claim's transaction (``conn``, PostgreSQL) at
+    the server's clock time (``clock_timestamp()``), not at the transaction's start (optuna's
+    ``now()``), which is before the wait for the budget lock: a worker that waited longer than
+    ``grace_period`` would otherwise start a trial that others see as stale."""
+    if conn is None:
+        opened.storage.record_heartbeat(trial_id)
+        return
+    import sqlalchemy
+
+    conn.execute(sqlalchemy.text(
+        "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, clock_timestamp()) "
+        "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = excluded.heartbeat"), {"t": trial_id})
+
+
+def _as_datetime(value: Any) -> Any:
+    """A DATETIME column read by plain SQL: a datetime, or on SQLite its ISO text."""
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def recent_durations(opened: Opened, n: int = 50) -> list[float]:
+    """Durations in seconds of the study's last ``n`` COMPLETE trials, oldest first: one query
+    on an RDB storage (not every trial of a 10,000-trial study), optuna's API elsewhere."""
+    import optuna
+
+    storage = opened.storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        import sqlalchemy
+
+        try:
+            with storage.engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.text(
+                    "SELECT datetime_start, datetime_complete FROM trials WHERE study_id = :sid "
+                    "AND state = 'COMPLETE' ORDER BY number DESC LIMIT :n"),
+                    {"sid": opened.study_id, "n": n}).fetchall()
+            return [(_as_datetime(done) - _as_datetime(start)).total_seconds()
+                    for start, done in reversed(rows) if start and done]
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if is_connection_error(err):
+                raise
+    done = storage.get_all_trials(opened.study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in done[-n:]
+            if t.datetime_start and t.datetime_complete]
 
 
 def fail_running_trials(opened: Opened, reason: Any, *, max_retry: int) -> list[int]:

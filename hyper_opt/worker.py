@@ -2,11 +2,16 @@
 
 Every Slurm job and every local worker process runs this loop. Per trial:
 
-1. under the study's budget lock: fail stale trials (dead workers, and RUNNING trials that never
-   recorded a heartbeat; their copies are re-queued), count finished (COMPLETE + PRUNED) and
-   RUNNING trials, and start a trial only when that leaves the budget unexceeded, recording its
-   first heartbeat and run context before the lock is released. This makes the final count exact
-   with any number of workers, and no RUNNING trial is ever without a heartbeat or an owner;
+1. claim: under the study's budget lock, count finished (COMPLETE + PRUNED) and RUNNING trials
+   and start a trial (pop a WAITING one or create one) only when that leaves the budget
+   unexceeded, recording its first heartbeat and run context before the lock is released. On
+   PostgreSQL all of it is one transaction (:meth:`BudgetLock.transaction`): a worker killed in
+   the middle leaves nothing. This makes the final count exact with any number of workers, and
+   no RUNNING trial is ever without a heartbeat or an owner. The lock is held for a few queries
+   only: the ``optuna.Trial`` (where the sampler's ``before_trial`` runs, and relative sampling
+   at the first suggestion) is built after it is released, and stale trials (dead workers, and
+   RUNNING trials that never recorded a heartbeat; their copies are re-queued) are failed
+   outside it, at most once per ``heartbeat_interval`` and whenever the budget is full;
 2. train outside the lock, with a heartbeat thread so that a killed worker's trial goes stale;
 3. tell optuna the outcome (retrying while the database is unreachable), then write the
    trial's CSV file.
@@ -19,6 +24,7 @@ is shorter than the expected duration of one more trial, or on SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -40,7 +46,8 @@ from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
-from hyper_opt.study import Opened, ask, counts, fail_silent_trials, fail_stale_trials, open_study
+from hyper_opt.study import (Opened, counts, fail_silent_trials, fail_stale_trials, first_heartbeat, make_trial,
+                             open_study, recent_durations, reload_study, set_user_attrs, start_trial)
 
 if TYPE_CHECKING:
     import optuna
@@ -49,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 WAIT_POLL_S = 2.0
 PREEMPT_GRACE_S = 45  # after SIGUSR1, how long a trial may run on before it is interrupted
+# Set (to anything) to keep, per claim, how long the budget lock was held (Worker.timing:
+# "lock_s", "claim_s", "trial_built_s"); for benchmarks/lock_hold.py, off otherwise.
+TIMING_ENV = "HYPER_OPT_CLAIM_TIMING"
 
 
 class Stop(enum.Enum):
@@ -79,7 +89,7 @@ class _Heartbeat:
     """Records the trial's heartbeat every ``interval`` seconds; survives database outages.
 
     The first beat is normally recorded by the claim itself (under the budget lock, right after
-    ``ask``), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
+    the trial is created), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
     retried like every storage call. ``__exit__`` is safe whether or not the thread started."""
 
     def __init__(self, storage: Any, trial_id: int, interval: int, *, beat_now: bool = True,
@@ -135,6 +145,8 @@ class Worker:
         self._in_trial = False
         self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
+        self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
+        self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
         self._metric_names = list(spec.metrics)
@@ -182,7 +194,7 @@ class Worker:
 
         report = WorkerReport()
         self._install_signals()
-        opened = open_study(self.config, create=True, worker_index=self.worker_index)
+        opened = open_study(self.config, create=True, worker_index=self.worker_index, worker=True)
         device = trial_device(self.config.optuna.gpu)
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested
@@ -267,47 +279,92 @@ class Worker:
         return statistics.quantiles(recent, n=10)[-1] * 1.2
 
     def _seed_durations(self, opened: Opened) -> None:
-        import optuna
+        self._durations.extend(recent_durations(opened, 50))
 
-        done = opened.storage.get_all_trials(opened.study_id, deepcopy=False,
-                                             states=(optuna.trial.TrialState.COMPLETE,))
-        for t in done[-50:]:
-            if t.datetime_start and t.datetime_complete:
-                self._durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+    def _scan_stale(self, opened: Opened) -> None:
+        """Fail stale trials (optuna's heartbeat check) and RUNNING trials that never beat; their
+        copies are re-queued. Outside the budget lock where the claim is one transaction (a live
+        worker's trial is never visible there without its heartbeat); under it elsewhere. Only
+        one process succeeds in failing a trial (optuna's ``set_trial_state_values`` refuses a
+        finished one), so only one copy is made."""
+        spec = self.config.optuna
+        if not spec.heartbeat_interval:
+            return
+        self._last_scan = time.monotonic()
+        fail_stale_trials(opened.study)
+        fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
 
     def _claim(self, opened: Opened) -> Claimed | Stop | None:
         """Start a trial if the budget allows: a Claimed trial, Stop.BUDGET, or None (wait and retry).
 
         The new trial's first heartbeat and its run context are recorded here, under the budget
-        lock, so that no other worker ever sees a RUNNING trial it cannot account for."""
+        lock, so that no other worker ever sees a RUNNING trial it cannot account for; the
+        ``optuna.Trial`` is built once the lock is released."""
         import optuna
 
         spec = self.config.optuna
+        atomic = opened.lock.atomic(opened.storage)
+        due = bool(spec.heartbeat_interval) and time.monotonic() - self._last_scan >= spec.heartbeat_interval
+        timing: dict[str, float] = {}
 
-        def attempt() -> Claimed | Stop | None:
+        def attempt() -> tuple[int, int | None] | Stop | None:
             TS = optuna.trial.TrialState
-            with opened.lock.hold():
-                failpoints.hit("holding_budget_lock")
-                if spec.heartbeat_interval:
-                    fail_stale_trials(opened.study)
-                    fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
-                c = counts(opened)
-                finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
-                if finished >= spec.n_trials:
-                    return Stop.BUDGET
-                if finished + c[TS.RUNNING.name] >= spec.n_trials:
-                    # Only wait where a dead worker's trial can go stale and be retried.
-                    return None if spec.heartbeat_interval else Stop.BUDGET
-                trial = ask(opened.study)
-                failpoints.hit("after_ask")
-                trial_id = opened.storage.get_trial_id_from_study_id_trial_number(opened.study_id, trial.number)
-                failpoints.hit("before_heartbeat")
-                if spec.heartbeat_interval:
-                    opened.storage.record_heartbeat(trial_id)
-                origin = self._start_bookkeeping(opened, trial, trial_id)
-                return Claimed(trial, trial_id, origin)
+            created = False
+            started = time.perf_counter()
+            try:
+                with opened.lock.transaction(opened.storage) as conn:
+                    locked = time.perf_counter()
+                    failpoints.hit("holding_budget_lock")
+                    if due and not atomic:
+                        self._scan_stale(opened)
+                    c = counts(opened, conn)
+                    finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
+                    if finished >= spec.n_trials:
+                        return Stop.BUDGET
+                    if finished + c[TS.RUNNING.name] >= spec.n_trials:
+                        # Only wait where a dead worker's trial can go stale and be retried.
+                        return None if spec.heartbeat_interval else Stop.BUDGET
+                    created = True
+                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0)
+                    failpoints.hit("after_ask")
+                    failpoints.hit("before_heartbeat")
+                    if spec.heartbeat_interval:
+                        first_heartbeat(opened, trial_id, conn)
+                    self._start_bookkeeping(opened, trial_id, origin, conn)
+                    committing = time.perf_counter()
+                timing.update(lock_s=time.perf_counter() - locked, wait_s=locked - started,
+                              commit_s=time.perf_counter() - committing)
+                return trial_id, origin
+            except BaseException:
+                if created and atomic:  # rolled back: optuna's cache may hold a trial that is not there
+                    with contextlib.suppress(Exception):
+                        reload_study(opened)
+                raise
 
-        return with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
+        if due and atomic:
+            with_db_retry(lambda: self._scan_stale(opened), seconds=spec.db_retry_seconds,
+                          what="failing stale trials")
+        claim_started = time.perf_counter()
+        result = with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
+        if result is None and not due:  # about to wait: free the slots of dead workers first
+
+            def scan() -> None:
+                if atomic:
+                    self._scan_stale(opened)
+                    return
+                with opened.lock.hold():
+                    self._scan_stale(opened)
+
+            with_db_retry(scan, seconds=spec.db_retry_seconds, what="failing stale trials")
+        if result is None or isinstance(result, Stop):
+            return result
+        trial_id, origin = result
+        built = time.perf_counter()
+        trial = make_trial(opened, trial_id)
+        if self.timing is not None:
+            self.timing.append({**timing, "claim_s": built - claim_started,
+                                "trial_built_s": time.perf_counter() - built})
+        return Claimed(trial, trial_id, origin)
 
     def _run_trial(self, opened: Opened, objective: BaseObjective, claim: Claimed) -> optuna.trial.FrozenTrial:
         import optuna
@@ -364,16 +421,12 @@ class Worker:
             logger.info("worker %d: trial %d re-queued to run again", self.worker_index, frozen.number)
 
     @staticmethod
-    def _start_bookkeeping(opened: Opened, trial: optuna.Trial, trial_id: int) -> int | None:
-        """Record where the trial runs; return the trial it retries, if it is a retried copy."""
-        origin = opened.storage.get_trial_system_attrs(trial_id).get("failed_trial")
-        attrs: dict[str, Any] = dict(run_context())
+    def _start_bookkeeping(opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
+        """Record where the trial runs (and which trial a retried copy retries): one statement."""
+        attrs: dict[str, Any] = {k: v for k, v in run_context().items() if v != ""}  # no Slurm job, no GPU
         if origin is not None:
             attrs["retry_of"] = origin  # same parameters, same checkpoint folder
-        for key, value in attrs.items():
-            if value != "":  # one INSERT each: skip what is not there (no Slurm job, no GPU)
-                trial.set_user_attr(key, value)
-        return origin
+        set_user_attrs(opened, trial_id, attrs, conn)
 
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
                 error: str | None) -> optuna.trial.FrozenTrial:

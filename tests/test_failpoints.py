@@ -82,9 +82,14 @@ def test_a_fault_at_each_point_loses_nothing_and_ends(tmp_path: Path, point: str
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.parametrize("point, action", [("holding_budget_lock", "kill"), ("in_tell", "dbdown")])
+@pytest.mark.parametrize("point, action", [("after_ask", "kill"), ("in_tell", "dbdown")])
 def test_faults_on_postgresql(tmp_path: Path, pg_url: str, point: str, action: str) -> None:
-    check_invariants(run_case(tmp_path / "s", point, action, storage=pg_url))
+    outcome = run_case(tmp_path / "s", point, action, storage=pg_url)
+    check_invariants(outcome)
+    if point == "after_ask":
+        # The claim is one transaction on PostgreSQL: the trial the killed worker created was
+        # never committed, so there is nothing to fail or re-queue (on SQLite: 1 FAIL, 1 copy).
+        assert outcome["failed"] == 0 and outcome["retries"] == 0, outcome
 
 
 def test_failpoints_cost_nothing_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
