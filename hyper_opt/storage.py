@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 120
+# Database connections one worker holds while it runs (its storage's pool, the budget lock's
+# connection, the heartbeat thread), for the max_connections check before a search starts
+# (hyper_opt.connections). A placeholder until the claim work sets the measured value.
+CONNECTIONS_PER_WORKER = 2
 
 
 def describe(spec: StorageSpec) -> str:
