@@ -96,7 +96,10 @@ def make_storage(spec: OptunaSpec) -> optuna.storages.BaseStorage:
         _prepare_sqlite(st.path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
-        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
+        from hyper_opt.connections import driver_connect_args
+
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800,
+                         "connect_args": driver_connect_args(st.url or "")}  # PgBouncer: docs/scale.md
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
         heartbeat = {"heartbeat_interval": spec.heartbeat_interval, "grace_period": spec.grace_period,
@@ -384,7 +387,10 @@ class BudgetLock:
 
         url = self._spec.storage.url or ""
         if self._conn is None:
-            engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+            from hyper_opt.connections import driver_connect_args
+
+            engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool,
+                                              connect_args=driver_connect_args(url))
             self._conn = engine.connect()
             if url.startswith("postgresql"):
                 for statement in (*_PG_KEEPALIVE, f"SET lock_timeout = {int(self._timeout_s * 1000)}"):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -133,8 +136,18 @@ def test_a_search_through_pgbouncer_in_transaction_mode_keeps_the_exact_budget(
     a pooled server connection, between transactions)."""
     s = write_search(tmp_path / "s", optuna={"storage": pgbouncer_url, "n_trials": 12, "db_retry_seconds": 30},
                      extra={"local": {"workers": 3}}, model={"model": {"x": 0.0}, "sleep": 0.05, "steps": 2})
-    proc = s.cli("optimize", "hyper.yml", "model.yml", timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "hyper_opt", "optimize", "hyper.yml", "model.yml"],
+                            cwd=s.folder, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:  # stop its workers too (they run in sessions of their own)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        pytest.fail(f"the search through PgBouncer did not end in 180 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     name = s.hyper_config()["optuna"]["study_name"]
     engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as conn:
