@@ -54,6 +54,9 @@ import yaml
 from benchmarks import common
 
 WORKERS_PER_PROCESS = 64
+# A child process runs _child from this module as imported (not as __main__), so that the
+# objective's record_span lands in the same module.
+CHILD = "import sys; from benchmarks.fleet import _child; _child(sys.argv[1], sys.argv[2])"
 POLL_S = 0.25
 QUICK = {"workers": (16, 64), "sleep": 2.0, "per_worker": 2, "heartbeat": 1,
          "targets": ("direct", "pgbouncer", "max100+pgbouncer")}
@@ -309,7 +312,7 @@ class Poller:
     """Samples, every POLL_S: server connections (ours), pooler clients and servers, lock waiters."""
 
     def __init__(self, server: Server, *, app: str | None, study: str) -> None:
-        self.server, self.app = server, app
+        self.server, self.app, self.study = server, app, study  # hyper_opt may name its connections by study
         self.classid, self.objid = _lock_key(study)
         self.peak_server = self.peak_clients = self.peak_waiters = self.peak_pool_wait = 0
         self.waiter_seconds = 0.0
@@ -341,14 +344,15 @@ class Poller:
                 admin.autocommit = True
             query = sqlalchemy.text(
                 "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                "AND pid <> pg_backend_pid() AND (CAST(:app AS text) IS NULL OR application_name = :app)), "
+                "AND pid <> pg_backend_pid() AND (CAST(:app AS text) IS NULL OR application_name = :app "
+                "OR application_name LIKE '%' || CAST(:study AS text))), "
                 "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
                 "AND classid = CAST(:c AS oid) AND objid = CAST(:o AS oid))")
             last = time.monotonic()
             while not self._stop.wait(POLL_S):
                 try:
-                    server_conns, waiters = conn.execute(query, {"app": self.app, "c": self.classid,
-                                                                 "o": self.objid}).one()
+                    server_conns, waiters = conn.execute(query, {"app": self.app, "study": self.study,
+                                                                 "c": self.classid, "o": self.objid}).one()
                     conn.commit()
                     now = time.monotonic()
                     self.waiter_seconds += waiters * (now - last)
@@ -442,8 +446,7 @@ def run_one(target: str, server: Server, *, workers: int, sleep: float, per_work
             first += count
             fh = open(log, "wb")  # noqa: SIM115 - closed below
             procs.append((subprocess.Popen(
-                [sys.executable, "-c", "import sys; from benchmarks.fleet import _child; _child(sys.argv[1], sys.argv[2])",
-                 str(spec), str(out)], cwd=common.REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                [sys.executable, "-c", CHILD, str(spec), str(out)], cwd=common.REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL), fh))
             outs.append(out)
             readies.append(ready)
