@@ -28,8 +28,8 @@ from typing import Any
 
 from benchmarks import common
 
-SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "slurm", "sampling", "search")
-QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "slurm", "sampling")  # search: ~28 CPU-minutes even in quick mode; --only search
+SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "search")
+QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling")  # search: ~28 CPU-minutes even in quick mode; --only search
 # section name -> module in benchmarks/ (where they differ)
 MODULES = {"profile": "profile_worker", "slurm": "slurm_start", "search": "search_efficiency",
            "workers": "many_workers", "lock": "lock_hold"}
@@ -183,6 +183,9 @@ TEMPLATE = """# Benchmarks
 
 <!-- BEGIN slurm -->
 <!-- END slurm -->
+
+<!-- BEGIN fleet -->
+<!-- END fleet -->
 
 <!-- BEGIN search -->
 <!-- END search -->

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 120
-
 # The most connections one worker process opens to a PostgreSQL server: one engine with a pool of
 # one connection (no overflow) shared by optuna's storage, the budget lock (a transaction on that
 # connection) and the heartbeat thread (which waits its turn for milliseconds). For the planned
@@ -119,10 +118,13 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
         _prepare_sqlite(st.path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
+        from hyper_opt.connections import driver_connect_args
+
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
         if (st.url or "").startswith("postgresql"):
             role = WORKER_APPLICATION_NAME if worker else COMMAND_APPLICATION_NAME
-            engine_kwargs["connect_args"] = {"application_name": application_name(role, spec.study_name)}
+            engine_kwargs["connect_args"] = {"application_name": application_name(role, spec.study_name),
+                                             **driver_connect_args(st.url or "")}  # PgBouncer: docs/scale.md
             if worker:
                 engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
                                      pool_timeout=WORKER_POOL_TIMEOUT_S)
@@ -432,7 +434,10 @@ class BudgetLock:
 
         url = self._spec.storage.url or ""
         if self._conn is None:
-            engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+            from hyper_opt.connections import driver_connect_args
+
+            engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool,
+                                              connect_args=driver_connect_args(url))
             self._conn = engine.connect()
             if url.startswith("postgresql"):
                 for statement in (*_PG_KEEPALIVE, f"SET lock_timeout = {int(self._timeout_s * 1000)}"):

@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
               f"{spec.n_trials}); raise optuna:n_trials to run more.")
         return EXIT_OK
+    from hyper_opt.connections import report as connections_report
+
+    connections_report(config, scheduler, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
     if use_scheduler:
         if scheduler == "pbs":
             from hyper_opt.launch.pbs import submit
@@ -140,6 +143,12 @@ def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyp
         dry_run(config)
     else:
         print(f"launch     {config.local_workers} local worker process(es)")
+    from hyper_opt.connections import check, planned_workers
+
+    workers, how = planned_workers(config, scheduler, remaining=spec.n_trials)
+    verdict = check(config, workers, how)
+    if verdict is not None:
+        print(f"database   {'WARNING: ' if verdict.level == 'warn' else ''}{verdict.text}")
 
 
 def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) -> str | None:  # type: ignore[no-untyped-def]
