@@ -84,10 +84,10 @@ def make_sampler(spec: ComponentSpec | None, *, worker_index: int = 0,
     return build_component(spec, "samplers")
 
 
-def study_trial_count(storage: Any, study_name: str) -> int:
+def study_trial_count(storage: Any, study_name: str, *, conn: Any = None) -> int:
     """Trials (of any state) in a study: one ``COUNT`` on an RDB storage (optuna's
     ``get_n_trials`` reads every trial there), optuna's ``get_n_trials`` elsewhere; 0 for a study
-    that is not there."""
+    that is not there. ``conn``: a connection to run it on (the claim's, inside its transaction)."""
     import optuna
 
     try:
@@ -98,21 +98,23 @@ def study_trial_count(storage: Any, study_name: str) -> int:
         import sqlalchemy
 
         try:
-            with storage.engine.connect() as conn:
-                return int(conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM trials WHERE study_id = :sid"),
-                                        {"sid": study_id}).scalar() or 0)
+            query = sqlalchemy.text("SELECT COUNT(*) FROM trials WHERE study_id = :sid")
+            if conn is not None:  # optuna's schema, checked when the storage opened
+                return int(conn.execute(query, {"sid": study_id}).scalar() or 0)
+            with storage.engine.connect() as own:
+                return int(own.execute(query, {"sid": study_id}).scalar() or 0)
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
             pass  # another schema: optuna's own count below (a lost connection raises there too)
     return storage.get_n_trials(study_id)
 
 
 def worker_sampler(spec: ComponentSpec | None, storage: Any, study_name: str, *,
-                   worker_index: int = 0) -> optuna.samplers.BaseSampler | None:
+                   worker_index: int = 0, conn: Any = None) -> optuna.samplers.BaseSampler | None:
     """:func:`make_sampler` for a worker opening the study in ``storage``: a seeded sampler's
     seed also depends on the trials already there (see :func:`worker_seed`)."""
     start = 0
     if spec is not None and spec.kwargs.get("seed") is not None:
-        start = study_trial_count(storage, study_name)
+        start = study_trial_count(storage, study_name, conn=conn)
     return make_sampler(spec, worker_index=worker_index, start=start)
 
 

@@ -28,13 +28,16 @@ logger = logging.getLogger(__name__)
 ENQUEUED_ATTR = "hyper_opt:enqueued"
 
 
-def _load(config: HyperConfig, storage: Any, *, worker_index: int) -> optuna.Study:
+def _load(config: HyperConfig, storage: Any, *, worker_index: int, conn: Any = None) -> optuna.Study:
+    """The study with this worker's sampler and pruner; ``conn``: the claim's connection when
+    called inside :meth:`BudgetLock.transaction` (a worker's pool has no other connection)."""
     import optuna
 
     return optuna.load_study(
         study_name=config.optuna.study_name,
         storage=storage,
-        sampler=worker_sampler(config.optuna.sampler, storage, config.optuna.study_name, worker_index=worker_index),
+        sampler=worker_sampler(config.optuna.sampler, storage, config.optuna.study_name,
+                               worker_index=worker_index, conn=conn),
         pruner=make_pruner(config.optuna.pruner),
     )
 
@@ -79,7 +82,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     storage = with_db_retry(lambda: make_storage(spec, worker=worker),
                             seconds=spec.db_retry_seconds if create else 30, what="opening the study storage")
     lock = BudgetLock(spec)
-    with lock.transaction(storage):
+    with lock.transaction(storage) as conn:
         exists = study_exists(storage, spec.study_name)
         if exists and (check_reload or replace):
             study_id = storage.get_study_id_from_name(spec.study_name)
@@ -115,7 +118,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
             optuna.create_study(study_name=spec.study_name, storage=storage,
                                 directions=list(spec.directions))
             logger.info("created study %r in %s", spec.study_name, describe(spec.storage))
-        study = _load(config, storage, worker_index=worker_index)
+        study = _load(config, storage, worker_index=worker_index, conn=conn)
         found = [d.name.lower() for d in study.directions]
         if found != list(spec.directions):
             raise ConfigError([f"optuna:direction: the study {spec.study_name!r} was created with "

@@ -96,7 +96,7 @@ def test_the_sampler_runs_with_the_budget_lock_released(tmp_path: Path, backend:
                 return True
 
     probe = _ProbeSampler(lock_free)
-    monkeypatch.setattr(study_mod, "make_sampler", lambda *a, **k: probe)
+    monkeypatch.setattr(study_mod, "worker_sampler", lambda *a, **k: probe)
     try:
         report = Worker(config, model).run()
         assert report.states == {"COMPLETE": 3}
@@ -179,7 +179,10 @@ def test_workers_use_at_most_connections_per_worker_and_keep_the_exact_budget(tm
     from hyper_opt.storage import CONNECTIONS_PER_WORKER, WORKER_APPLICATION_NAME, application_name
 
     workers, n_trials = 3, 12
-    s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": n_trials, "heartbeat_interval": 1},
+    # A seeded sampler: its seed depends on the trials already there, counted while the worker
+    # opens the study inside the claim's transaction, on the worker's one connection.
+    s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": n_trials, "heartbeat_interval": 1,
+                                             "sampler": {"type": "RandomSampler", "seed": 7}},
                      model={"model": {"x": 0.0}, "steps": 2, "sleep": 0.15})
     name = s.hyper_config()["optuna"]["study_name"]
     app = application_name(WORKER_APPLICATION_NAME, name)

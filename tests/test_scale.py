@@ -86,7 +86,7 @@ def _config(tmp_path: Path, storage: str, workers: int):  # type: ignore[no-unty
 
 @pytest.mark.postgres
 def test_a_database_connection_limit_is_found_on_the_real_server(tmp_path: Path, pg_url: str) -> None:
-    name = _create_database(pg_url, limit=2 * CONNECTIONS_PER_WORKER + 1)
+    name = _create_database(pg_url, limit=3 * CONNECTIONS_PER_WORKER - 1)  # room for 2 workers, not 3
     try:
         url = str(sqlalchemy.make_url(pg_url).set(database=name).render_as_string(hide_password=False))
         s, config = _config(tmp_path, url, workers=3)
