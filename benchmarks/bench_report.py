@@ -187,7 +187,8 @@ def write_search(folder: Path, storage_url: str, *, objectives: int) -> Path:
                            "metric": ["val_loss", "latency"][:objectives],
                            "direction": ["minimize", "minimize"][:objectives],
                            "n_trials": 100000, "parameters": PARAMETERS, "storage": storage_url}
-    (folder / "hyper.yml").write_text(yaml.safe_dump({"save_path": "results", "optuna": opt}, sort_keys=False))
+    (folder / "hyper.yml").write_text(yaml.safe_dump({"save_path": str(folder / "results"), "optuna": opt},
+                                                     sort_keys=False))
     (folder / "model.yml").write_text(yaml.safe_dump(MODEL, sort_keys=False))
     return folder / "hyper.yml"
 
