@@ -51,6 +51,8 @@ def read_trials(storage: Any, study_id: int, *, states: Iterable[Any] | None = N
     if unknown:
         raise ValueError(f"parts must be among {PARTS}, but got {unknown}.")
     state_names = None if states is None else sorted({getattr(s, "name", str(s)) for s in states})
+    if state_names == []:
+        return []
     if isinstance(storage, optuna.storages.RDBStorage):
         import sqlalchemy
 
@@ -88,7 +90,7 @@ def _bulk_read(storage: Any, study_id: int, state_names: list[str] | None,
     where = "t.study_id = :sid" + (" AND t.state IN :states" if state_names is not None else "")
     bind: dict[str, Any] = {"sid": study_id}
     if state_names is not None:
-        bind["states"] = tuple(state_names) or ("",)
+        bind["states"] = list(state_names)
 
     def select(sql: str, **types: Any) -> Any:
         clause = text(sql)
