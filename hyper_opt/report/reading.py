@@ -207,3 +207,31 @@ def _check_sample(storage: Any, trials: list[optuna.trial.FrozenTrial], parts: s
     if not same_trial(sample, theirs, parts):
         raise _SchemaMismatch(f"trial {sample.number} reads differently from optuna's get_trial "
                               f"(bulk {sample!r}, optuna {theirs!r})")
+
+
+def time_span(storage: Any, study_id: int) -> tuple[int, dt.datetime | None, dt.datetime | None]:
+    """(finished trials with an end time, the first trial's start, the last trial's end), in local
+    time: one aggregate query on a database, optuna's ``get_all_trials`` elsewhere."""
+    import optuna
+
+    if isinstance(storage, optuna.storages.RDBStorage):
+        import sqlalchemy as sa
+
+        from hyper_opt.storage import is_connection_error
+
+        query = sa.text("SELECT COUNT(datetime_complete) AS n, MIN(datetime_start) AS first, "
+                        "MAX(datetime_complete) AS last FROM trials WHERE study_id = :sid").columns(
+            sa.column("n", sa.Integer), sa.column("first", sa.DateTime), sa.column("last", sa.DateTime))
+        try:
+            with storage.engine.connect() as conn:
+                n, first, last = conn.execute(query, {"sid": study_id}).one()
+            return int(n or 0), _local(first), _local(last)
+        except (sa.exc.ProgrammingError, sa.exc.OperationalError) as err:
+            if is_connection_error(err):
+                raise
+            logger.warning("reading the study's time span in one query failed (%s); reading every trial instead",
+                           type(err).__name__)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    done = [t.datetime_complete for t in trials if t.state.is_finished() and t.datetime_complete]
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    return len(done), min(starts, default=None), max(done, default=None)
