@@ -28,17 +28,17 @@ from typing import Any
 
 from benchmarks import common
 
-SECTIONS = ("overhead", "profile", "scaling", "slurm", "search")
-QUICK_SECTIONS = ("overhead", "scaling", "slurm")  # search: ~28 CPU-minutes even in quick mode; --only search
+SECTIONS = ("overhead", "profile", "scaling", "slurm", "report", "search")
+QUICK_SECTIONS = ("overhead", "scaling", "slurm", "report")  # search: ~28 CPU-minutes even in quick mode; --only search
 DOC = common.REPO / "docs" / "benchmarks.md"
 PLOT = common.BENCH / "figures" / "search_efficiency.png"
 
 
 def _module(name: str) -> Any:
-    from benchmarks import overhead, profile_worker, scaling, search_efficiency, slurm_start
+    from benchmarks import bench_report, overhead, profile_worker, scaling, search_efficiency, slurm_start
 
     return {"overhead": overhead, "profile": profile_worker, "scaling": scaling, "slurm": slurm_start,
-            "search": search_efficiency}[name]
+            "report": bench_report, "search": search_efficiency}[name]
 
 
 def run_section(name: str, *, quick: bool, command: str, max_load: float | None) -> dict[str, Any]:
@@ -178,6 +178,9 @@ TEMPLATE = """# Benchmarks
 
 <!-- BEGIN slurm -->
 <!-- END slurm -->
+
+<!-- BEGIN report -->
+<!-- END report -->
 
 <!-- BEGIN search -->
 <!-- END search -->
