@@ -169,10 +169,10 @@ def importances_and_plots(report: Report, trials: Sequence[optuna.trial.FrozenTr
             report.notes.append(f"parameter importances not computed: {value}")
         if drawing:
             order = list(importances) if importances else []
+            handles[plotting.SLICE] = runner.submit(plotting.SLICE, order)  # the longest first
+            handles[plotting.PARALLEL] = runner.submit(plotting.PARALLEL, order)
             if importances:
                 handles[plotting.IMPORTANCES] = runner.submit(plotting.IMPORTANCES, importances, what)
-            handles[plotting.PARALLEL] = runner.submit(plotting.PARALLEL, order)
-            handles[plotting.SLICE] = runner.submit(plotting.SLICE, order)
             for name in [*first, *then]:
                 if name in handles:
                     _collect(report, name, runner.result(handles[name]))
