@@ -11,6 +11,7 @@ here, one after the other, with the same results.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -153,7 +154,10 @@ def importances_and_plots(report: Report, trials: Sequence[optuna.trial.FrozenTr
         _JOBS.update(then)
         import matplotlib.figure  # noqa: F401 - once here, not once per worker
     started = time.perf_counter()
-    runner = _Runner(default_processes() if processes is None else processes)
+    workers = default_processes() if processes is None else processes
+    if workers:
+        gc.freeze()  # the workers' collector then never walks the trials they inherit
+    runner = _Runner(workers)
     try:
         handles = {IMPORTANCES: runner.submit(IMPORTANCES)}
         if drawing:
@@ -179,6 +183,8 @@ def importances_and_plots(report: Report, trials: Sequence[optuna.trial.FrozenTr
     finally:
         runner.close()
         _JOBS.clear()
+        if workers:
+            gc.unfreeze()
     if missing:
         logger.warning("%s", missing)
         report.notes.append(missing)

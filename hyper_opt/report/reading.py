@@ -17,6 +17,7 @@ field by field on PostgreSQL and SQLite.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import logging
 import math
@@ -58,6 +59,8 @@ def read_trials(storage: Any, study_id: int, *, states: Iterable[Any] | None = N
 
         from hyper_opt.storage import is_connection_error
 
+        collecting = gc.isenabled()
+        gc.disable()  # 100,000s of new objects that all live on: the collector's passes only cost time (40 %)
         try:
             trials = _bulk_read(storage, study_id, state_names, set(parts))
             _check_sample(storage, trials, set(parts))
@@ -69,6 +72,9 @@ def read_trials(storage: Any, study_id: int, *, states: Iterable[Any] | None = N
                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         except _SchemaMismatch as err:
             logger.warning("reading trials in bulk: %s; reading them through optuna instead", err)
+        finally:
+            if collecting:
+                gc.enable()
     wanted = None if state_names is None else tuple(optuna.trial.TrialState[s] for s in state_names)
     return list(storage.get_all_trials(study_id, deepcopy=False, states=wanted))
 
