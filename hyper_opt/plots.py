@@ -13,9 +13,9 @@ only: no display is needed and the caller's pyplot backend is never changed.
 optuna's own ``optuna.visualization.matplotlib`` was measured against these on one 5,000-trial
 study, the two taking turns (``python -m benchmarks --quick --only report``): its intermediate
 values plot takes minutes (it draws every curve), and its history, importance, parallel
-coordinate and slice plots each took longer than the ones here (0.8 vs 0.4 s, 0.3 vs 0.2 s,
-0.9 vs 0.7 s, 1.2 vs 1.0 s, best of three at load 4), its parallel coordinates being a solid
-block of lines at that size. So all of them are drawn here.
+coordinate and slice plots each took longer than the ones here (0.52 vs 0.38 s, 0.28 vs 0.20 s,
+1.10 vs 0.56 s, 0.91 vs 0.65 s, best of two at load 1; the same order at load 4), its parallel
+coordinates being a solid block of lines at that size. So all of them are drawn here.
 """
 
 from __future__ import annotations
