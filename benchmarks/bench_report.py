@@ -187,9 +187,241 @@ def write_search(folder: Path, storage_url: str, *, objectives: int) -> Path:
                            "metric": ["val_loss", "latency"][:objectives],
                            "direction": ["minimize", "minimize"][:objectives],
                            "n_trials": 100000, "parameters": PARAMETERS, "storage": storage_url}
-    (folder / "hyper.yml").write_text(yaml.safe_dump({"save_path": "results", "optuna": opt}, sort_keys=False))
+    (folder / "hyper.yml").write_text(yaml.safe_dump({"save_path": str(folder / "results"), "optuna": opt},
+                                                     sort_keys=False))
     (folder / "model.yml").write_text(yaml.safe_dump(MODEL, sort_keys=False))
     return folder / "hyper.yml"
+
+
+# --------------------------------------------------------------------------- the "report" section of run.py
+
+# Plain optuna's equivalents, run as a user would type them (a new process, imports included):
+# "report" = load_study, trials_dataframe to CSV, then optuna.visualization.matplotlib's plots of
+# the figures hyper_opt's report draws; "status" = load_study, count the trials by state, best_trial.
+# Each plot is drawn from the trials loaded once (a study whose get_trials answers that list), as
+# hyper_opt's report does, so that the plot times are drawing only.
+OPTUNA_SCRIPT = textwrap.dedent('''
+    import json, os, sys, time, warnings
+    started = time.perf_counter()
+    import matplotlib
+    matplotlib.use("Agg")
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore")
+    mode, url, name, out = sys.argv[1:5]
+    plots = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else []
+    times = {}
+    t0 = time.perf_counter()
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    times["read trials"] = time.perf_counter() - t0
+    if mode == "status":
+        counts = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        print(counts, study.best_trial.number, study.best_trial.params, file=sys.stderr)
+    else:
+        t0 = time.perf_counter()
+        study.trials_dataframe().to_csv(os.path.join(out, "trials.csv"))
+        times["trials.csv"] = time.perf_counter() - t0
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as vm
+        study.get_trials = lambda deepcopy=True, states=None: [t for t in trials if states is None or t.state in states]
+        functions = {"optimization_history.png": vm.plot_optimization_history,
+                     "intermediate_values.png": vm.plot_intermediate_values,
+                     "param_importances.png": vm.plot_param_importances,
+                     "parallel_coordinate.png": vm.plot_parallel_coordinate, "slice.png": vm.plot_slice}
+        for filename in plots:
+            t0 = time.perf_counter()
+            ax = functions[filename](study)
+            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            figure.savefig(os.path.join(out, filename))
+            plt.close(figure)
+            times[filename] = time.perf_counter() - t0
+    times["total"] = time.perf_counter() - started
+    print(json.dumps(times))
+''')
+OPTUNA_PLOTS = ("optimization_history.png", "intermediate_values.png", "param_importances.png",
+                "parallel_coordinate.png", "slice.png")
+
+
+def _timed_process(argv: list[str], *, cwd: Path, timeout: float | None = None) -> tuple[float, str]:
+    """(wall seconds, stdout) of a command; raises with its output when it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"})
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
+
+
+def _optuna(mode: str, url: str, name: str, out: Path, plots: list[str], *, timeout: float | None = None
+            ) -> dict[str, float] | None:
+    """Plain optuna's timings (JSON from OPTUNA_SCRIPT), with the process's wall clock; None on timeout."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        wall, stdout = _timed_process([sys.executable, "-c", OPTUNA_SCRIPT, mode, url, name, str(out), ",".join(plots)],
+                                      cwd=out, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return {**json.loads(stdout.strip().splitlines()[-1]), "process": wall}
+
+
+def compare_plots(trials: list[Any], out: Path, *, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds per figure, hyper_opt's plot and optuna.visualization.matplotlib's taking turns
+    (so that a change in the machine's load hits both), from the same trials in this process.
+    optuna's learning-curve plot is left out: it draws every curve (minutes at 5,000 trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vm
+
+    from hyper_opt import plots
+    from hyper_opt.trials import _listed_study, param_importances
+
+    out.mkdir(parents=True, exist_ok=True)
+    study = _listed_study(trials, ["minimize"])
+    importances, what = param_importances(trials, ["minimize"], notes=[])
+    order = list(importances or {})
+    kw: dict[str, Any] = {"directions": ["minimize"], "names": ["val_loss"]}
+    ours = {"optimization_history.png": lambda p: plots.optimization_history(trials, p, **kw),
+            "intermediate_values.png": lambda p: plots.intermediate_values(trials, p, direction="minimize",
+                                                                           name="val_loss"),
+            "param_importances.png": lambda p: plots.param_importances(importances or {}, p, what=what),
+            "parallel_coordinate.png": lambda p: plots.parallel_coordinate(trials, p, param_order=order, **kw),
+            "slice.png": lambda p: plots.slice_plot(trials, p, param_order=order, **kw)}
+    theirs = {"optimization_history.png": vm.plot_optimization_history,
+              "param_importances.png": vm.plot_param_importances,
+              "parallel_coordinate.png": vm.plot_parallel_coordinate, "slice.png": vm.plot_slice}
+
+    def optuna_plot(fn: Any, path: Path) -> None:
+        ax = fn(study)
+        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        figure.savefig(path)
+        plt.close(figure)
+
+    import warnings
+
+    result: dict[str, dict[str, list[float]]] = {name: {"hyper_opt": [], "optuna": []} for name in ours}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(repeats):
+            for name, draw in ours.items():
+                t0 = time.perf_counter()
+                draw(out / name)
+                result[name]["hyper_opt"].append(time.perf_counter() - t0)
+                if name in theirs:
+                    t0 = time.perf_counter()
+                    optuna_plot(theirs[name], out / f"optuna_{name}")
+                    result[name]["optuna"].append(time.perf_counter() - t0)
+    return result
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """hyper_opt's report and status against plain optuna's equivalents on one PostgreSQL study."""
+    import optuna
+
+    from hyper_opt.config import load_config
+    from hyper_opt.report import write_report
+    from hyper_opt.report.reading import read_trials
+    from hyper_opt.study import open_study, read_study
+
+    url = os.environ.get("HYPER_OPT_TEST_PG_URL", "")
+    if not url:
+        raise RuntimeError("the report benchmark needs HYPER_OPT_TEST_PG_URL (scripts/local_cluster.sh env)")
+    n_trials, steps = 5000, 20
+    repeats = 2 if quick else 3
+    intermediate_timeout = 60.0 if quick else 600.0
+    folder = Path(tempfile.mkdtemp(prefix="bench_report_"))
+    hyper = write_search(folder, url, objectives=1)
+    config, model = load_config(hyper, folder / "model.yml")
+    opened = open_study(config, create=True)
+    opened.lock.close()
+    name = config.optuna.study_name
+    data: dict[str, Any] = {"trials": n_trials, "steps": steps, "storage": "postgresql", "repeats": repeats}
+    try:
+        trials = synthetic_trials(n_trials, steps=steps, objectives=1)
+        bulk_insert(url, opened.study_id, trials)
+        try:
+            check_read_back(opened.storage, opened.study_id, trials)
+        except SystemExit as err:  # one failed section must not end the other benchmarks
+            raise RuntimeError(str(err)) from None
+        data["states"] = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        cli = [sys.executable, "-m", "hyper_opt"]
+        report_s = [_timed_process([*cli, "report", str(hyper), str(folder / "model.yml")], cwd=folder)[0]
+                    for _ in range(repeats)]
+        status_s = [_timed_process([*cli, "status", str(hyper)], cwd=folder)[0] for _ in range(repeats)]
+        # in this process: the phases, with the plots drawn one after the other (processes=0),
+        # scikit-learn imported beforehand (plain optuna's importance plot pays that import)
+        import optuna.importance  # noqa: F401
+
+        serial = write_report(config, model, out=folder / "serial", processes=0)
+        reader = read_study(config)
+        t0 = time.perf_counter()
+        loaded = read_trials(reader.storage, reader.study_id)
+        bulk_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reader.storage.get_all_trials(reader.study_id, deepcopy=False)
+        optuna_read_s = time.perf_counter() - t0
+        reader.storage.engine.dispose()
+        data["plots"] = compare_plots(loaded, folder / "plots", repeats=repeats)
+        data["hyper_opt"] = {"report_cli_s": report_s, "status_cli_s": status_s, "bulk_read_s": bulk_s,
+                             "serial_phases": {k: round(v, 3) for k, v in serial.timings.items()}}
+        others = [p for p in OPTUNA_PLOTS if p != "intermediate_values.png"]
+        plain_report = [_optuna("report", url, name, folder / "optuna", others) for _ in range(repeats)]
+        plain_status = [_optuna("status", url, name, folder / "optuna", []) for _ in range(repeats)]
+        intermediate = _optuna("report", url, name, folder / "optuna_iv", ["intermediate_values.png"],
+                               timeout=intermediate_timeout)
+        data["optuna"] = {"report": plain_report, "status": plain_status, "get_all_trials_s": optuna_read_s,
+                          "intermediate": intermediate, "intermediate_timeout_s": intermediate_timeout}
+    finally:
+        optuna.delete_study(study_name=name, storage=opened.storage)
+        opened.storage.engine.dispose()
+        shutil.rmtree(folder, ignore_errors=True)
+    return data
+
+
+def markdown(data: dict[str, Any]) -> str:
+    from benchmarks import common
+
+    ho, op = data["hyper_opt"], data["optuna"]
+    best = min
+    plain_reports = [r for r in op["report"] if r]
+    iv = op.get("intermediate")
+    iv_s = iv.get("intermediate_values.png") if iv else None
+    iv_text = common.fmt_s(iv_s, digits=2) if iv_s is not None else f"> {op['intermediate_timeout_s']:.0f} (stopped)"
+    plain_report_s = best(r["process"] for r in plain_reports)
+    with_iv = f"{plain_report_s + iv_s:.1f}" if iv_s is not None else f"> {plain_report_s + op['intermediate_timeout_s']:.0f}"
+    phases = ho["serial_phases"]
+    rows = [
+        ["`report` as typed (new process, imports included)",
+         f"{plain_report_s:.1f} without its intermediate-values plot, {with_iv} with it",
+         f"**{best(ho['report_cli_s']):.1f}**"],
+        ["`status` as typed", f"{best(r['process'] for r in op['status'] if r):.1f}",
+         f"**{best(ho['status_cli_s']):.1f}**"],
+        ["reading the trials (in-process)", f"{op['get_all_trials_s']:.2f} (get_all_trials)",
+         f"{ho['bulk_read_s']:.2f} (bulk SELECTs)"],
+        ["trials.csv", f"{best(r['trials.csv'] for r in plain_reports):.2f} (trials_dataframe)",
+         f"{phases.get('trials.csv', 0):.2f}"],
+    ]
+    rows.append(["importances (PED-ANOVA)", "in its plot's time", f"{phases.get('importances', 0):.2f}"])
+    for filename in OPTUNA_PLOTS:
+        turns = data.get("plots", {}).get(filename, {})
+        plain = iv_text if filename == "intermediate_values.png" else \
+            (f"{best(turns['optuna']):.2f}" if turns.get("optuna") else "-")
+        mine = f"{best(turns['hyper_opt']):.2f}" if turns.get("hyper_opt") else "-"
+        rows.append([filename, plain, mine])
+    states = ", ".join(f"{k} {v}" for k, v in data.get("states", {}).items())
+    head = (f"{data['trials']:,} trials x {data['steps']} reported steps ({states}) on PostgreSQL; seconds, best of "
+            f"{data['repeats']}. Plain optuna: `optuna.load_study(...)`, `trials_dataframe().to_csv(...)` and "
+            "`optuna.visualization.matplotlib`'s plots of the same figures (each from the trials read once); "
+            "its status: `load_study`, the trials counted by state, `best_trial`. The plot rows: each figure "
+            "drawn and saved in one process from the same trials, hyper_opt's and optuna's taking turns "
+            "(`hyper-opt report` itself draws its plots in parallel worker processes); optuna's importance "
+            "plot includes computing the importances, hyper_opt's importances are the row above it.\n\n")
+    return head + common.markdown_table(["5,000-trial study", "plain optuna", "hyper_opt"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

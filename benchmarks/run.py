@@ -28,11 +28,11 @@ from typing import Any
 
 from benchmarks import common
 
-SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "search")
-QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling")  # search: ~28 CPU-minutes even in quick mode; --only search
+SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report", "search")
+QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report")  # search: ~28 CPU-minutes even in quick mode; --only search
 # section name -> module in benchmarks/ (where they differ)
 MODULES = {"profile": "profile_worker", "slurm": "slurm_start", "search": "search_efficiency",
-           "workers": "many_workers", "lock": "lock_hold"}
+           "workers": "many_workers", "lock": "lock_hold", "report": "bench_report"}
 DOC = common.REPO / "docs" / "benchmarks.md"
 PLOT = common.BENCH / "figures" / "search_efficiency.png"
 
@@ -186,6 +186,9 @@ TEMPLATE = """# Benchmarks
 
 <!-- BEGIN fleet -->
 <!-- END fleet -->
+
+<!-- BEGIN report -->
+<!-- END report -->
 
 <!-- BEGIN search -->
 <!-- END search -->

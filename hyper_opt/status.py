@@ -7,11 +7,18 @@ from typing import IO
 
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import describe
-from hyper_opt.study import best_summary, counts, n_finished, read_study
+from hyper_opt.study import counts, n_finished, read_study
 
 
 def status_lines(config: HyperConfig) -> list[str]:
+    """What ``hyper-opt status`` prints. It reads only what it shows: the counts (one GROUP BY),
+    the best trial (optuna's best-trial query; the objective values of the COMPLETE trials for a
+    Pareto front), the time span (one aggregate) and the RUNNING trials with their attributes,
+    so that it stays quick on a study of 10,000 trials."""
     import optuna
+
+    from hyper_opt.report.reading import read_trials, time_span
+    from hyper_opt.trials import best_trials
 
     spec = config.optuna
     opened = read_study(config)
@@ -20,21 +27,28 @@ def status_lines(config: HyperConfig) -> list[str]:
     retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # RUNNING trials of jobs that are gone (no heartbeat needed)
     c = counts(opened)
     lines = [f"study {spec.study_name!r} in {describe(spec.storage)}",
-             f"finished {n_finished(c)}/{spec.n_trials}  " + "  ".join(f"{k} {v}" for k, v in c.items()),
-             best_summary(opened.study) or "no completed trial yet"]
-    trials = opened.storage.get_all_trials(opened.study_id, deepcopy=False)
-    if not spec.multi_objective:
+             f"finished {n_finished(c)}/{spec.n_trials}  " + "  ".join(f"{k} {v}" for k, v in c.items())]
+    if spec.multi_objective:
+        directions = [d.name.lower() for d in opened.study.directions]
+        complete = read_trials(opened.storage, opened.study_id, states=[optuna.trial.TrialState.COMPLETE],
+                               parts=("values",))
+        front = best_trials(complete, directions)
+        lines.append(f"{len(front)} Pareto-optimal trial(s)" if front else "no completed trial yet")
+    else:
         try:
-            lines.append(f"best parameters: {opened.study.best_trial.params}")
+            best = opened.study.best_trial
         except ValueError:
-            pass
-    done = [t for t in trials if t.state.is_finished() and t.datetime_complete]
-    starts = [t.datetime_start for t in trials if t.datetime_start]
-    if done and starts:
-        hours = (max(t.datetime_complete for t in done) - min(starts)).total_seconds() / 3600  # type: ignore[type-var]
+            lines.append("no completed trial yet")
+        else:
+            lines.append(f"best {best.value:.6g} (trial {best.number})")
+            lines.append(f"best parameters: {best.params}")
+    n_done, first_start, last_complete = time_span(opened.storage, opened.study_id)
+    if n_done and first_start and last_complete:
+        hours = (last_complete - first_start).total_seconds() / 3600
         if hours > 0:
-            lines.append(f"{len(done) / hours:.1f} trials/hour over {hours * 60:.1f} min")
-    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            lines.append(f"{n_done / hours:.1f} trials/hour over {hours * 60:.1f} min")
+    running = read_trials(opened.storage, opened.study_id, states=[optuna.trial.TrialState.RUNNING],
+                          parts=("user_attrs",))
     now = dt.datetime.now()
     for t in running[:20]:
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0

@@ -12,7 +12,7 @@ import statistics
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -80,10 +80,7 @@ def param_importances(trials: Sequence[optuna.trial.FrozenTrial], directions: Se
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            study = optuna.create_study(directions=cast("list[Any]", list(directions)))
-            # Only what the evaluator reads: copying whole trials (curves, tracebacks) costs seconds.
-            study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                                        values=t.values) for t in complete])
+            study = _listed_study(complete, directions)
             importances = dict(optuna.importance.get_param_importances(study))
         except Exception as err:  # an evaluator limitation must not cost the rest of the report
             notes.append(f"parameter importances not computed: {type(err).__name__}: {err}")
@@ -102,6 +99,28 @@ def param_importances(trials: Sequence[optuna.trial.FrozenTrial], directions: Se
         notes.append(f"parameter importances from {len(complete)} completed trials are rough: PED-ANOVA compares "
                      f"the best 10 % with the rest and is stable from about {ROUGH_IMPORTANCES} completed trials")
     return importances, what
+
+
+def _listed_study(trials: Sequence[optuna.trial.FrozenTrial], directions: Sequence[str]) -> optuna.Study:
+    """An in-memory study with ``directions`` whose ``get_trials`` answers ``trials`` as they are.
+
+    ``study.add_trials`` copies each trial twice (``create_trial`` and the in-memory storage's
+    deepcopy): 2 s for 3,000 completed trials, four times what PED-ANOVA itself takes. The
+    evaluators read the trials through ``Study.get_trials`` only, so this study hands them over
+    without copying (``deepcopy=True`` still copies, as optuna's does).
+    """
+    import copy
+
+    import optuna
+
+    class ListedStudy(optuna.Study):
+        def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
+            chosen = [t for t in trials if states is None or t.state in states]
+            return copy.deepcopy(chosen) if deepcopy else chosen
+
+    storage = optuna.storages.InMemoryStorage()
+    study_id = storage.create_new_study([optuna.study.StudyDirection[d.upper()] for d in directions])
+    return ListedStudy(study_name=storage.get_study_name_from_id(study_id), storage=storage)
 
 
 @dataclass

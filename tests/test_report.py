@@ -353,3 +353,24 @@ def test_one_finite_rule_inf_is_never_the_best_trial() -> None:
     trials = [*trials, inf]
     assert [t.value for t in finite_complete(trials)] == [0.5, 0.9]
     assert best_trials(trials, ["maximize"])[0].value == 0.9
+
+
+def test_worker_processes_and_one_process_write_the_same_report(tmp_path: Path) -> None:
+    """The plots and importances drawn in forked workers (the default on Linux) or here."""
+    from hyper_opt.report import write_report
+
+    s, study = _multi_study(tmp_path / "multi")
+    config, model = load_config(s.hyper, s.model)
+    here = write_report(config, model, out=tmp_path / "here", processes=0)
+    forked = write_report(config, model, out=tmp_path / "forked", processes=2)
+    assert [p.name for p in here.files] == [p.name for p in forked.files]
+    assert here.notes == forked.notes
+    assert "importances and plots (wall)" in forked.timings
+
+    def stable(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not line.startswith("- report written"))
+
+    assert stable(here.summary).replace("/here", "/forked") == stable(forked.summary)
+    for path in here.files:
+        if path.suffix in (".csv", ".png"):
+            assert path.read_bytes() == (tmp_path / "forked" / path.name).read_bytes(), path.name

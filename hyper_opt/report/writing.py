@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from hyper_opt import plots as plotting
 from hyper_opt.report.files import BEST, BEST_PATTERN, SUMMARY, TRIALS_CSV, Report
 from hyper_opt.report.summary import _format_params, console_text, summary_markdown
-from hyper_opt.trials import best_trials, param_importances, state_stats
+from hyper_opt.report.drawing import importances_and_plots
+from hyper_opt.trials import best_trials, state_stats
 
 if TYPE_CHECKING:
     import optuna
@@ -45,22 +46,26 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: Path | None = None,
-                 plots: bool = True, max_curves: int = 200) -> Report:
+                 plots: bool = True, max_curves: int = 200, processes: int | None = None) -> Report:
     """Read every trial of the study once and write the report from them."""
+    from hyper_opt.report.reading import read_trials
     from hyper_opt.study import read_study
 
     started = time.perf_counter()
     opened = read_study(config)
     try:
         opened_s = time.perf_counter() - started
-        trials = opened.storage.get_all_trials(opened.study_id, deepcopy=False)
+        trials = read_trials(opened.storage, opened.study_id)  # bulk SELECTs on a database
         directions = [d.name.lower() for d in opened.study.directions]
     finally:
         opened.lock.close()
+        engine = getattr(opened.storage, "engine", None)
+        if engine is not None:  # done with the database: no pooled connection for the workers to inherit
+            engine.dispose()
     loaded_s = time.perf_counter() - started - opened_s
     report = build_report(config, model, trials, directions=directions,
                           out=out if out is not None else config.save_path / "report",
-                          plots=plots, max_curves=max_curves)
+                          plots=plots, max_curves=max_curves, processes=processes)
     report.timings = {"open study": opened_s, "load trials": loaded_s, **report.timings,
                       "total": time.perf_counter() - started}
     return report
@@ -68,14 +73,17 @@ def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: P
 
 def build_report(config: HyperConfig, model: Mapping[str, Any] | None,
                  trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequence[str], out: Path,
-                 plots: bool = True, max_curves: int = 200, now: dt.datetime | None = None) -> Report:
-    """Write the report for ``trials`` (all of one study) under ``out``."""
+                 plots: bool = True, max_curves: int = 200, now: dt.datetime | None = None,
+                 processes: int | None = None) -> Report:
+    """Write the report for ``trials`` (all of one study) under ``out``. ``processes``: worker
+    processes for the importances and plots (None: a few where ``fork`` is safe; 0: none)."""
     from hyper_opt.results import write_trials_csv
 
     spec = config.optuna
     names = list(spec.metrics)
     trials = sorted(trials, key=lambda t: t.number)
     report = Report(folder=out)
+    out.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def timed(phase: str) -> Iterator[None]:
@@ -85,19 +93,17 @@ def build_report(config: HyperConfig, model: Mapping[str, Any] | None,
         finally:
             report.timings[phase] = report.timings.get(phase, 0.0) + time.perf_counter() - t0
 
-    with timed("trials.csv"):
-        report.files.append(write_trials_csv(out / TRIALS_CSV, trials, param_names=[p.name for p in spec.parameters],
-                                             metric_names=names, n_values=len(directions)))
-    with timed("best"):
-        best = best_trials(trials, directions)
-        report.files += _write_best(config, model, best, out, multi=len(directions) > 1, notes=report.notes)
-    with timed("importances"):
-        importances, what = param_importances(trials, directions, notes=report.notes)
-    if plots:
-        _write_plots(report, trials, directions=directions, names=names, best=best, importances=importances,
-                     what=what, max_curves=max_curves, timed=timed)
-    else:
-        report.notes.append("plots skipped: --no-plots")
+    def csv_and_best() -> None:  # while the worker processes draw
+        with timed("trials.csv"):
+            report.files.append(write_trials_csv(out / TRIALS_CSV, trials, param_names=[p.name for p in spec.parameters],
+                                                 metric_names=names, n_values=len(directions)))
+        with timed("best"):
+            report.files.extend(_write_best(config, model, best, out, multi=len(directions) > 1, notes=report.notes))
+
+    best = best_trials(trials, directions)
+    importances, what = importances_and_plots(report, trials, directions=directions, names=names, best=best,
+                                              plots=plots, max_curves=max_curves, processes=processes,
+                                              meanwhile=csv_and_best)
     with timed("summary"):
         stats = state_stats(trials, now=now)
         report.summary = summary_markdown(config, trials, directions=directions, best=best, stats=stats,
@@ -167,47 +173,6 @@ def _write_best(config: HyperConfig, model: Mapping[str, Any] | None, best: Sequ
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def _write_plots(report: Report, trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequence[str],
-                 names: Sequence[str], best: Sequence[optuna.trial.FrozenTrial],
-                 importances: Mapping[str, float] | None, what: str, max_curves: int, timed: Any) -> None:
-    missing = plotting.missing_matplotlib()
-    if missing:
-        logger.warning("%s", missing)
-        report.notes.append(missing)
-        return
-    out = report.folder
-    multi = len(directions) > 1
-    pareto = {t.number for t in best} if multi else set()
-    order = list(importances) if importances else []
-    jobs: list[tuple[str, Any]] = [
-        (plotting.HISTORY, lambda p: plotting.optimization_history(trials, p, directions=directions, names=names,
-                                                             pareto=pareto)),
-    ]
-    if multi:
-        jobs.append((plotting.PARETO, lambda p: plotting.pareto_front(trials, p, directions=directions, names=names,
-                                                                pareto=pareto)))
-    else:
-        jobs.append((plotting.INTERMEDIATE, lambda p: plotting.intermediate_values(
-            trials, p, direction=directions[0], name=names[0], max_curves=max_curves)))
-    if importances:
-        jobs.append((plotting.IMPORTANCES, lambda p: plotting.param_importances(importances, p, what=what)))
-    jobs += [
-        (plotting.PARALLEL, lambda p: plotting.parallel_coordinate(trials, p, directions=directions, names=names,
-                                                             param_order=order, pareto=pareto)),
-        (plotting.SLICE, lambda p: plotting.slice_plot(trials, p, directions=directions, names=names,
-                                                       param_order=order)),
-    ]
-    for filename, draw in jobs:
-        with timed(filename):
-            try:
-                report.files.append(draw(out / filename))
-            except plotting.NothingToPlot as why:
-                report.notes.append(f"{filename} not drawn: {why}")
-            except Exception as err:  # one broken plot must not cost the CSV, best.yml and summary
-                logger.warning("drawing %s failed", filename, exc_info=logger.isEnabledFor(logging.DEBUG))
-                report.notes.append(f"{filename} not drawn: {type(err).__name__}: {err}")
 
 
 def _remove_stale(out: Path, written: Sequence[Path]) -> None:
