@@ -4,6 +4,7 @@
     python -m benchmarks --full           # the figures of docs/benchmarks.md (over an hour)
     python -m benchmarks --full --only overhead,scaling
     python -m benchmarks --render         # rewrite docs/benchmarks.md from benchmarks/out/full
+    python -m benchmarks --render --source quick --only fleet   # one section, from benchmarks/out/quick
 
 A --quick run prints its tables and keeps its results in benchmarks/out/quick (pass --docs to
 write them into docs/benchmarks.md as well); a --full run writes benchmarks/out/full and
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also rewrite docs/benchmarks.md after a --quick run (a --full run always does)")
     parser.add_argument("--install-echo", action="store_true",
                         help="create benchmarks/.venv-echo with echo-opt 1.3.1 first (needs PyPI)")
+    parser.add_argument("--source", choices=("full", "quick"), default="full",
+                        help="with --render: the results to render (benchmarks/out/<source>)")
     parser.add_argument("--max-load", type=float, metavar="L",
                         help="before each benchmark, wait (up to 10 min) for the 1-minute load average to drop below L")
     args = parser.parse_args(argv)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(SECTIONS)}")
     if args.render:
-        render(mode="full")
+        render(only if args.only else SECTIONS, mode=args.source)
         print(f"wrote {DOC}", file=sys.stderr)
         return 0
     import logging
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in done.items():
         print(f"\n## {name}\n\n{section_markdown(name, data, plot=False)}")
     if not quick or args.docs:
-        render(mode="quick" if quick else "full")
+        # only the sections this run measured: the others keep the figures they have
+        render(tuple(done), mode="quick" if quick else "full")
         print(f"wrote {DOC}", file=sys.stderr)
     print(f"all done in {time.monotonic() - started:.0f} s" + (f"; failed: {failed}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
