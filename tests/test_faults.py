@@ -52,9 +52,11 @@ def test_sigkill_and_scancel_mid_trial_are_retried_and_the_count_is_exact(
                      extra={"slurm": {"jobs": 3, "batch": {"t": "00:10:00", "J": "hoptest-faults", "mem": "400M"}}},
                      optuna={"storage": pg_url, "n_trials": 12, "max_retry": 2})
     ids = _job_ids(s.cli("optimize", "hyper.yml", "model.yml", check=True).stdout)
-    running = _wait_for(lambda: (r := _running(_study(s, pg_url))) and len({t.user_attrs.get("slurm_job_id")
-                        for t in r if t.user_attrs.get("worker_pid")}) >= 2 and r, 120, "two jobs running trials")
-    running = [t for t in running if t.user_attrs.get("worker_pid")]
+    # A trial is RUNNING with its run context from the claim on, and has its parameters once the
+    # objective has suggested them: pick trials that are training, so that the kill is mid-trial.
+    running = _wait_for(lambda: (r := [t for t in _running(_study(s, pg_url)) if t.user_attrs.get("worker_pid")
+                                       and t.params]) and len({t.user_attrs.get("slurm_job_id") for t in r}) >= 2
+                        and r, 120, "two jobs running trials")
     killed, cancelled = running[0], next(t for t in running if t.user_attrs["slurm_job_id"] != running[0].user_attrs["slurm_job_id"])
     os.kill(int(killed.user_attrs["worker_pid"]), signal.SIGKILL)
     subprocess.run(["scancel", cancelled.user_attrs["slurm_job_id"]], check=True)
@@ -65,7 +67,7 @@ def test_sigkill_and_scancel_mid_trial_are_retried_and_the_count_is_exact(
         assert by_number[victim.number].state == TS.FAIL, victim.number
         retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
         assert retries, f"trial {victim.number} was not retried"
-        assert retries[0].params == victim.params
+        assert retries[0].params == by_number[victim.number].params == victim.params
         assert retries[0].user_attrs.get("retry_of") == victim.number
         assert retries[-1].state in FINISHED
     assert sum(t.state in FINISHED for t in study.trials) == 12
