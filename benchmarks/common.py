@@ -251,6 +251,14 @@ def run_processes(commands: Sequence[Sequence[str]], *, cwd: Path, log_dir: Path
     return Launch(t0=t0, t_end=t_end, returncodes=[p.returncode for p in procs], logs=logs)
 
 
+def raise_if_failed(launch: Launch, what: str) -> None:
+    """RunFailed with the first failed worker's log tail, if any worker exited non-zero."""
+    bad = [(i, rc) for i, rc in enumerate(launch.returncodes) if rc != 0]
+    if bad:
+        i, rc = bad[0]
+        raise RunFailed(f"{what}: worker {i} exited {rc}:\n{tail(launch.logs[i])}")
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -127,10 +127,7 @@ def run_system(system: str, *, url: str, workers: int, n: int, sleep: float) -> 
             with ConnectionPoller(url, marker=str(folder)) as poller:
                 launch = common.run_processes(cmds, cwd=folder, log_dir=folder / "logs")
             counts = common.study_counts(url, study)
-            bad = [(i, rc) for i, rc in enumerate(launch.returncodes) if rc != 0]
-            if bad:
-                i = bad[0][0]
-                raise common.RunFailed(f"{system}: worker {i} exited {bad[0][1]}:\n{common.tail(launch.logs[i])}")
+            common.raise_if_failed(launch, system)
             spans = common.read_spans(timing_dir)
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
             timing = common.analyse(spans, t0=launch.t0, wall_s=launch.wall_s, workers=workers, finished=finished)

@@ -86,10 +86,7 @@ def run_workers(system: str, *, url: str, study: str, n: int, sleep: float, work
         load_before = common.load_average()[0]
         launch = common.run_processes(cmds, cwd=folder, log_dir=folder / "logs")
         counts = common.study_counts(url, study)
-        bad = [(i, rc) for i, rc in enumerate(launch.returncodes) if rc != 0]
-        if bad:
-            i = bad[0][0]
-            raise common.RunFailed(f"{system}: worker {i} exited {bad[0][1]}:\n{common.tail(launch.logs[i])}")
+        common.raise_if_failed(launch, system)
         finished = sum(counts.get(s, 0) - before.get(s, 0) for s in ("COMPLETE", "PRUNED"))
         spans = common.read_spans(timing_dir)
         timing = common.analyse(spans, t0=launch.t0, wall_s=launch.wall_s, workers=workers, finished=finished)
