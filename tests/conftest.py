@@ -116,22 +116,28 @@ def _service_missing(what: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
-    url = os.environ.get("HYPER_OPT_TEST_PG_URL")
+def answering_url(variable: str, what: str) -> str:
+    """The database URL in the environment ``variable``, once a connection to it answers
+    ``SELECT 1``; otherwise the test is skipped (failed in CI) naming ``what``."""
+    url = os.environ.get(variable)
     if not url:
-        _service_missing("PostgreSQL (HYPER_OPT_TEST_PG_URL unset)")
+        _service_missing(f"{what} ({variable} unset)")
     try:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
     except Exception as err:  # noqa: BLE001
-        _service_missing(f"PostgreSQL at {url} ({err})")
+        _service_missing(f"{what} at {url} ({err})")
     return url  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
+    return answering_url("HYPER_OPT_TEST_PG_URL", "PostgreSQL")
 
 
 @pytest.fixture(scope="session")

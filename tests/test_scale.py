@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -16,23 +15,13 @@ import sqlalchemy
 from hyper_opt.connections import ServerConnections, assess, check, report
 from hyper_opt.storage import CONNECTIONS_PER_WORKER
 
-from .conftest import _service_missing, write_search
+from .conftest import answering_url, write_search
 
 
 @pytest.fixture(scope="session")
 def pgbouncer_url() -> str:
     """PgBouncer in transaction mode in front of the local PostgreSQL (scripts/local_cluster.sh)."""
-    url = os.environ.get("HYPER_OPT_TEST_PGBOUNCER_URL")
-    if not url:
-        _service_missing("PgBouncer (HYPER_OPT_TEST_PGBOUNCER_URL unset)")
-    try:
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-        engine.dispose()
-    except Exception as err:  # noqa: BLE001
-        _service_missing(f"PgBouncer at {url} ({err})")
-    return url  # type: ignore[return-value]
+    return answering_url("HYPER_OPT_TEST_PGBOUNCER_URL", "PgBouncer")
 
 
 def _server(**changes: object) -> ServerConnections:
