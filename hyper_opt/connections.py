@@ -42,23 +42,6 @@ SELECT current_setting('max_connections')::int,
 """
 
 
-def driver_connect_args(url: str) -> dict[str, Any]:
-    """Driver options every engine on ``url`` needs: with psycopg 3 (SQLAlchemy 2.1's default
-    driver for ``postgresql://``), no server-side prepared statements. psycopg prepares a statement
-    after 5 executions; behind a transaction pooler (PgBouncer before 1.21) the next execution
-    lands on another server connection ("prepared statement _pg3_0 does not exist"). hyper_opt's
-    statements are few and short, so preparing them saves nothing worth that."""
-    if not url.startswith(("postgresql", "postgres:")):
-        return {}
-    try:
-        import sqlalchemy
-
-        driver = sqlalchemy.make_url(url).get_dialect().driver
-    except Exception:  # noqa: BLE001 - an unknown driver: leave its defaults
-        return {}
-    return {"prepare_threshold": None} if driver == "psycopg" else {}
-
-
 @dataclass(frozen=True)
 class ServerConnections:
     """What a PostgreSQL server allows and has in use (besides the connection that asked)."""
@@ -90,6 +73,8 @@ class ServerConnections:
 def server_connections(url: str) -> ServerConnections:
     """Read the server's limits and current connections with one short connection."""
     import sqlalchemy
+
+    from hyper_opt.storage import driver_connect_args
 
     parsed = sqlalchemy.make_url(url)
     url_port = parsed.port or int(parsed.query.get("port", 0) or os.environ.get("PGPORT") or 5432)

@@ -64,6 +64,23 @@ def application_name(role: str, study_name: str) -> str:
     return f"{role} {study_name}".encode()[:63].decode(errors="ignore")
 
 
+def driver_connect_args(url: str) -> dict[str, Any]:
+    """Driver options every engine on ``url`` needs: with psycopg 3 (SQLAlchemy 2.1's default
+    driver for ``postgresql://``), no server-side prepared statements. psycopg prepares a statement
+    after 5 executions; behind a transaction pooler (PgBouncer before 1.21) the next execution
+    lands on another server connection ("prepared statement _pg3_0 does not exist"). hyper_opt's
+    statements are few and short, so preparing them saves nothing worth that."""
+    if not url.startswith(("postgresql", "postgres:")):
+        return {}
+    try:
+        import sqlalchemy
+
+        driver = sqlalchemy.make_url(url).get_dialect().driver
+    except Exception:  # noqa: BLE001 - an unknown driver: leave its defaults
+        return {}
+    return {"prepare_threshold": None} if driver == "psycopg" else {}
+
+
 def describe(spec: StorageSpec) -> str:
     """A one-line description with any password masked."""
     if spec.kind == "journal":
@@ -118,8 +135,6 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
         _prepare_sqlite(st.path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
-        from hyper_opt.connections import driver_connect_args
-
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 1800}
         if (st.url or "").startswith("postgresql"):
             role = WORKER_APPLICATION_NAME if worker else COMMAND_APPLICATION_NAME
@@ -434,8 +449,6 @@ class BudgetLock:
 
         url = self._spec.storage.url or ""
         if self._conn is None:
-            from hyper_opt.connections import driver_connect_args
-
             engine = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool,
                                               connect_args=driver_connect_args(url))
             self._conn = engine.connect()
