@@ -302,7 +302,7 @@ def target_server(target: str) -> Iterator[Server]:
 
 
 def _lock_key(study: str) -> tuple[int, int]:
-    """(classid, objid) of the study's budget advisory lock in pg_locks (hyper_opt.storage.BudgetLock)."""
+    """(classid, objid) of the study's budget advisory lock in pg_locks (hyper_opt.budget_lock.BudgetLock)."""
     key = int.from_bytes(hashlib.sha256(f"hyper_opt:{study}".encode()).digest()[:8], "big", signed=True)
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     return unsigned >> 32, unsigned & 0xFFFFFFFF

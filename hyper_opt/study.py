@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from hyper_opt.exceptions import ConfigError, StudyExistsError
 from hyper_opt.registry import make_pruner, make_sampler, quiet_experimental, worker_sampler  # noqa: F401 - re-exported
 from hyper_opt.schema import HyperConfig
-from hyper_opt.storage import BudgetLock, describe, is_connection_error, make_storage, with_db_retry
+from hyper_opt.budget_lock import BudgetLock
+from hyper_opt.storage import describe, is_connection_error, make_storage, with_db_retry
 
 if TYPE_CHECKING:
     import optuna

@@ -68,7 +68,7 @@ def test_the_sampler_runs_with_the_budget_lock_released(tmp_path: Path, backend:
                                                         request: pytest.FixtureRequest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from hyper_opt import study as study_mod
-    from hyper_opt.storage import BudgetLock
+    from hyper_opt.budget_lock import BudgetLock
     from hyper_opt.worker import Worker
 
     url = request.getfixturevalue("pg_url") if backend == "postgres" else None
@@ -146,7 +146,7 @@ def test_a_worker_killed_inside_its_claim_leaves_no_trial_on_postgresql(tmp_path
 def test_a_first_heartbeat_after_a_long_wait_for_the_lock_is_fresh(tmp_path: Path, pg_url: str) -> None:
     """The claim's transaction begins before the wait for the lock; the heartbeat must carry the
     time the trial started, or a worker that waited longer than grace_period starts a stale trial."""
-    from hyper_opt.storage import BudgetLock
+    from hyper_opt.budget_lock import BudgetLock
     from hyper_opt.study import open_study
     from hyper_opt.worker import Claimed, Worker
 

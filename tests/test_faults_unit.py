@@ -61,8 +61,8 @@ def test_the_journal_budget_lock_is_an_exclusive_create_and_outlives_a_dead_hold
     import threading
     import time
 
-    from hyper_opt import storage as storage_mod
-    from hyper_opt.storage import BudgetLock
+    from hyper_opt import budget_lock as storage_mod
+    from hyper_opt.budget_lock import BudgetLock
 
     s = write_search(tmp_path / "s", optuna={"storage": "study.journal", "storage_type": "journal",
                                              "heartbeat_interval": None, "grace_period": None})

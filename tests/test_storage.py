@@ -190,7 +190,7 @@ def _lock_spec(tmp_path: Path, storage: str | None = None):  # type: ignore[no-u
 def test_the_budget_lock_nests_and_a_hung_holder_gives_an_error_not_a_hang(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     from hyper_opt.exceptions import StorageError
-    from hyper_opt.storage import BudgetLock
+    from hyper_opt.budget_lock import BudgetLock
 
     spec = _lock_spec(tmp_path, request.getfixturevalue("pg_url") if backend == "postgres" else None)
     holder, waiter = BudgetLock(spec), BudgetLock(spec, timeout_s=1.5)
