@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -201,14 +202,8 @@ def _resolve_objective(chk: _Checker, value: Any, base: Path, other: Path | None
     if not found:
         chk.add("optuna:objective", f"module {target!r} cannot be imported (is it installed?)")
         return None
-    try:
-        module = importlib.import_module(target)
-    except Exception as err:
-        chk.add("optuna:objective", f"importing {target!r} failed: {err}")
-        return None
-    if not inspect.isclass(getattr(module, class_name, None)):
-        chk.add("optuna:objective", f"module {target!r} has no class {class_name!r}")
-        return None
+    # Imported (and its class checked) by hyper_opt.loader, which gives it the predecessors' names
+    # when it uses them and turns a sys.exit there into a message: reading YAML imports no user code.
     return ObjectiveSpec(file=None, module=target, class_name=class_name)
 
 
@@ -312,10 +307,10 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     if problems:
         raise ConfigError(problems, source="the command line")
     chk = _Checker()
-    chk.unknown_keys(hyper, HYPER_SECTIONS, "")
     if "format" in hyper and hyper["format"] not in FORMATS:
         chk.add("format", f"got {hyper['format']!r}; allowed: {', '.join(FORMATS)}")
     file_format = detect_format(hyper)
+    _check_top_level(chk, hyper, file_format, hyper_path)
     # The predecessors read relative paths from the working directory; hyper_opt from the file's folder.
     base = hyper_path.parent if file_format == "hyper_opt" else working_directory()
 
@@ -366,6 +361,20 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
 
 
 ModelCheck = Callable[..., "list[str]"]
+
+
+def _check_top_level(chk: _Checker, hyper: Mapping[str, Any], file_format: str, hyper_path: Path) -> None:
+    """Unknown top-level keys: in echo-opt's format a warning (echo-opt ignored them: projects keep
+    a ``notes:`` entry there), unless the key is a misspelt section (``slrum``), which would
+    silently change where the search runs; refused in the other formats."""
+    for key in [k for k in hyper if k not in HYPER_SECTIONS]:
+        close = difflib.get_close_matches(str(key), HYPER_SECTIONS, n=1, cutoff=0.75)
+        if file_format != "echo" or close:
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            chk.add(str(key), f"unknown key ({hint}allowed: {', '.join(HYPER_SECTIONS)})")
+        else:
+            logger.warning("%s: top-level key %r is not one hyper_opt reads (%s); ignored, as echo-opt "
+                           "did", hyper_path, key, ", ".join(HYPER_SECTIONS))
 
 
 def _check_save_path(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], base: Path) -> Path:

@@ -15,7 +15,8 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,23 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
 def load_module(spec: ObjectiveSpec) -> Any:
     """Import the objective's module (a file, or an importable module)."""
     if spec.module is not None:
-        try:
-            return importlib.import_module(spec.module)
-        except Exception as err:
-            raise ObjectiveError(f"importing objective module {spec.module!r} failed: {err}") from err
+        return import_module(spec.module, what="objective module")
     assert spec.file is not None
     return import_file(spec.file, what="objective file")
+
+
+def import_module(name: str, *, what: str) -> Any:
+    """Import an installed module by its dotted name (``package.module:Class`` objectives: the way
+    around objective files with relative imports), with the predecessors' names where its source
+    imports them, as for a file (:func:`import_file`)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        found = importlib.util.find_spec(name)
+        source = found.loader.get_source(name) if found is not None and found.loader is not None else None
+    except Exception:  # a parent package that fails to import: importing reports it below
+        source = None
+    return _execute(lambda: importlib.import_module(name), source=source, what=f"{what} {name!r}")
 
 
 def import_file(path: Path, *, what: str) -> Any:
@@ -64,22 +76,82 @@ def import_file(path: Path, *, what: str) -> Any:
     name = f"hyper_opt_user_{abs(hash(str(path)))}"
     if name in sys.modules:
         return sys.modules[name]
-    compat.install()  # echo.src.* / aimlutils.hyper_opt.* resolve when the predecessor is absent
-    before = set(compat.used())
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
         raise ObjectiveError(f"cannot load {what} {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
+    loader = module_spec.loader
+
+    def run() -> Any:
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+
     try:
-        module_spec.loader.exec_module(module)
+        source: str | None = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        source = None
+    return _execute(run, source=source, what=f"{what} {path}", label=path.name)
+
+
+def _execute(run: Callable[[], Any], *, source: str | None, what: str, label: str | None = None) -> Any:
+    """Run a user module's import with the predecessors' names only where it uses them.
+
+    The stand-ins are installed when ``source`` imports a predecessor's dotted module name, or
+    when the import fails on one inside a module the objective imports whose source imports it
+    (then the import runs once more, with them). ``sys.exit`` (or a module-level argparse) while
+    importing becomes an ObjectiveError naming ``what`` instead of ending hyper-opt silently."""
+    if source is not None and compat.references(source):
+        compat.install()  # echo.src.* / aimlutils.hyper_opt.* resolve when the predecessor is absent
+    before = set(compat.used())
+    try:
+        try:
+            module = run()
+        except ModuleNotFoundError as err:
+            if compat.installed() or not _imported_by_a_user_of_the_names(err):
+                raise
+            compat.install()
+            module = run()
+    except SystemExit as err:
+        raise ObjectiveError(_exit_message(what, err)) from None
     except Exception as err:
-        del sys.modules[name]
-        raise ObjectiveError(f"importing {what} {path} failed: {type(err).__name__}: {err}") from err
+        hint = compat.shadowing(getattr(err, "name", None)) if isinstance(err, ImportError) else None
+        raise ObjectiveError(f"importing {what} failed: {type(err).__name__}: {err}"
+                             + (f"; {hint}" if hint else "")) from err
     aliased = [n for n in compat.used() if n not in before]
     if aliased:
-        logger.info("%s: %s", path.name, compat.migration_hint(aliased))
+        logger.info("%s: %s", label or what, compat.migration_hint(aliased))
     return module
+
+
+def _imported_by_a_user_of_the_names(err: ModuleNotFoundError) -> bool:
+    """The missing module is a predecessor's and the module whose import statement failed (the
+    innermost frame outside the import machinery) imports the predecessor's dotted names."""
+    if not compat.is_predecessor_name(err.name):
+        return False
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(err.__traceback__)]
+    files = [f for f in files if not f.startswith("<")]
+    if not files:
+        return False
+    try:
+        return bool(compat.references(Path(files[-1]).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _exit_message(what: str, err: SystemExit) -> str:
+    """Why importing a user module ended the process, and what to do."""
+    frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(err.__traceback__)]
+    if any(Path(f).name == "argparse.py" for f in frames):
+        return (f"{what} exited (status {err.code!r}) while hyper-opt imported it: its module-level argparse "
+                "parsed hyper-opt's own command line and rejected it (any 'usage:' lines above are the "
+                "objective's, not hyper-opt's); parse arguments under `if __name__ == \"__main__\":`")
+    return (f"{what} called sys.exit({err.code!r}) while hyper-opt imported it, so no search ran; code at "
+            "module level runs on import: move it under `if __name__ == \"__main__\":`")
 
 
 def objective_config(config: HyperConfig, model: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,9 +195,13 @@ def instantiate(config: HyperConfig, model: Mapping[str, Any], *, study: Any, de
             f"{config.optuna.objective.describe()}.__init__ takes ({', '.join(p.name for p in params)}); "
             "hyper_opt passes study, config, metric and device by name: use "
             "__init__(self, config, metric='val_loss', device='cpu') or add study first")
+    if config.format == "echo" or any(n.startswith(("echo.", "aimlutils.echo.")) for n in compat.used()):
+        # echo-opt's workers made save_path/trial_results/ before constructing the objective, and
+        # training code written for it writes its per-epoch logs there without creating it.
+        (config.save_path / "trial_results").mkdir(parents=True, exist_ok=True)
     try:
         objective = cls(**kwargs)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         raise ObjectiveError(f"constructing {config.optuna.objective.describe()} failed: "
                              f"{type(err).__name__}: {err}") from err
     if not isinstance(objective, BaseObjective):
@@ -146,12 +222,16 @@ def check_objective_config(config: HyperConfig, model: Mapping[str, Any] | None)
     staticmethod returning problems, each naming its key path); the built-in metric-learning
     objective does. Problems are raised as one ConfigError naming the model file.
     """
-    if model is None:
-        return
+    spec = config.optuna.objective
     try:
-        load_module(config.optuna.objective)
+        module = load_module(spec)
     except ObjectiveError as err:
         raise ConfigError([f"optuna:objective: {err}"], source=str(config.hyper_path)) from None
+    if not inspect.isclass(getattr(module, spec.class_name, None)):  # a file's classes were checked in config
+        raise ConfigError([f"optuna:objective: module {spec.module!r} has no class {spec.class_name!r}"],
+                          source=str(config.hyper_path))
+    if model is None:
+        return
     problems = objective_problems(config.optuna.objective, model, parameters=config.optuna.parameters,
                                   model_path=config.model_path, metrics=config.optuna.metrics)
     if problems:

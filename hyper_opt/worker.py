@@ -395,10 +395,15 @@ class Worker:
         except optuna.TrialPruned as err:
             state = TS.PRUNED
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
-        except (Exception, Interrupted) as err:
+        except (Exception, Interrupted, SystemExit) as err:
             state = TS.FAIL
             error = traceback.format_exc()
-            if isinstance(err, (HyperOptError, Interrupted)):
+            if isinstance(err, SystemExit):  # sys.exit() or an argparse error in train: this trial only
+                error += (f"train() called sys.exit({err.code!r}) (exit code {err.code!r}): the trial failed "
+                          "and the worker went on with the next one\n")
+                logger.error("worker %d: trial %d failed: train() called sys.exit(%r); going on with the "
+                             "next trial", self.worker_index, trial.number, err.code)
+            elif isinstance(err, (HyperOptError, Interrupted)):
                 logger.error("worker %d: trial %d failed: %s", self.worker_index, trial.number, err)
             else:
                 logger.error("worker %d: trial %d failed:\n%s", self.worker_index, trial.number, error)

@@ -1,11 +1,17 @@
 """The predecessors' Python names, so that objective files written for them load unchanged.
 
 Objective files written for NCAR's ``aimlutils`` (``aimlutils.hyper_opt.*``) and ``echo-opt``
-(``echo.src.*``) import those packages by name. While hyper_opt loads such a file, a finder at
-the *end* of ``sys.meta_path`` answers those names with modules built from hyper_opt's own
-compatible implementations (:mod:`hyper_opt.compat.echo`, :mod:`hyper_opt.compat.aimlutils`).
-Being last, it is asked only when the real package is not importable: an installed echo-opt or
-aimlutils always wins. Nothing is installed into site-packages.
+(``echo.src.*``) import those packages by name. For such a file a finder at the *end* of
+``sys.meta_path`` answers those names with modules built from hyper_opt's own compatible
+implementations (:mod:`hyper_opt.compat.echo`, :mod:`hyper_opt.compat.aimlutils`). Being last,
+it is asked only when the real package is not importable: an installed echo-opt or aimlutils
+always wins. Nothing is installed into site-packages.
+
+The finder is scoped: :mod:`hyper_opt.loader` installs it only for an objective whose source
+imports a predecessor's module by its dotted name (:func:`references`: anywhere in the file, also
+inside ``train``), or whose import fails on such a name in a module it imports; a plain objective
+never sees it, so ``import echo`` fails there as it would without hyper_opt. Once installed it
+stays for the process (an objective may import lazily inside ``train``).
 
 Which names were answered this way is kept (:func:`used`), so that the worker can say it in one
 log line and users can move to ``from hyper_opt import ...`` when they want.
@@ -13,6 +19,7 @@ log line and users can move to ``from hyper_opt import ...`` when they want.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -99,8 +106,62 @@ _FINDER = _AliasFinder()
 
 def install() -> None:
     """Put the finder last on ``sys.meta_path`` (idempotent)."""
-    if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+    if not installed():
         sys.meta_path.append(_FINDER)
+
+
+def installed() -> bool:
+    """Whether the finder is on ``sys.meta_path``."""
+    return any(isinstance(f, _AliasFinder) for f in sys.meta_path)
+
+
+def is_predecessor_name(name: str | None) -> bool:
+    """``name`` is one of the module names the stand-ins answer (``echo``, ``echo.src.config``...)."""
+    return bool(name) and name in ALIASES
+
+
+def references(source: str) -> list[str]:
+    """The predecessors' dotted module names that Python ``source`` imports, anywhere in the file
+    (module level or inside a function such as ``train``), in order; [] when it cannot be parsed.
+
+    Only dotted names count (``echo.src.base_objective``, ``aimlutils.hyper_opt.utils``): a bare
+    ``import echo`` or ``import aimlutils`` (a probe for an installed package) does not ask for the
+    stand-ins. ``importlib.import_module("echo.src...")`` with a literal name counts too."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    found: list[str] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            names = [node.args[0].value]
+        for name in names:
+            if "." in name and name in ALIASES and name not in found:
+                found.append(name)
+    return found
+
+
+def shadowing(name: str | None) -> str | None:
+    """When importing the predecessor's ``name`` failed because a module of the same top-level
+    name that is not the predecessor (a local ``echo.py``) was imported instead, say so."""
+    if not name or "." not in name or name.split(".")[0] not in TOP_LEVEL:
+        return None
+    top = name.split(".")[0]
+    module = sys.modules.get(top)
+    if module is None or getattr(module, "__hyper_opt_compat__", False):
+        return None
+    where = getattr(module, "__file__", None) or ", ".join(getattr(module, "__path__", []) or []) or repr(module)
+    tool = "echo-opt" if name.startswith(("echo.", "aimlutils.echo.")) else "aimlutils"
+    return (f"'{top}' is {where}, a module of your own that shadows {tool}'s package {top!r}, so "
+            f"{name} cannot be found in it; hyper_opt's stand-ins answer {name} only when no other "
+            f"module named {top!r} is importable: rename {where} (or install {tool})")
 
 
 def uninstall() -> None:
