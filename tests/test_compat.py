@@ -17,6 +17,7 @@ from hyper_opt.config import load_config
 from hyper_opt.exceptions import ConfigError, MetricMissingError
 from hyper_opt.loader import import_file, instantiate
 
+from .conftest import FAST_OBJECTIVE as FAST_OBJECTIVE_TEXT
 from .conftest import write_search
 
 AIMLUTILS_STYLE = textwrap.dedent('''
@@ -293,3 +294,187 @@ def test_echo_opt_old_trials_per_job_is_tasks_per_worker(tmp_path: Path) -> None
     s.rewrite_hyper(lambda h: h["pbs"].update(tasks_per_worker=2))
     with pytest.raises(ConfigError, match="pbs:trials_per_job"):
         load_config(s.hyper, s.model)
+
+
+# --------------------------------------------------------------------------- user code at the edges (issues 21, 22)
+
+def _echo_search(tmp_path: Path, objective: str, **optuna_keys: object):  # type: ignore[no-untyped-def]
+    """An echo-opt format search (no hyper_opt-only key), as echo-opt users write it."""
+    from .conftest import Search
+
+    folder = tmp_path / "e"
+    hyper = _echo_file(folder, reload=0)
+    (folder / "objective.py").write_text(objective)
+    data = yaml.safe_load(hyper.read_text())
+    data["optuna"].update(optuna_keys)
+    hyper.write_text(yaml.safe_dump(data, sort_keys=False))
+    return Search(folder=folder, hyper=hyper, model=folder / "model.yml")
+
+
+def _study(s, name: str = "echo-study"):  # type: ignore[no-untyped-def]
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{s.folder / 'data' / 'echo.db'}")
+
+
+@pytest.mark.parametrize("code", [0, 4])
+def test_sys_exit_at_import_is_reported_naming_the_objective(tmp_path: Path, code: int) -> None:
+    s = _search(tmp_path, f"import sys\nsys.exit({code})\n" + ECHO_STYLE)
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(s.folder / "objective.py") in proc.stderr and f"called sys.exit({code})" in proc.stderr
+    assert "__main__" in proc.stderr and not s.save_path.exists(), "nothing may be created"
+
+
+def test_a_module_level_argparse_is_named_as_the_objectives(tmp_path: Path) -> None:
+    s = _search(tmp_path, "import argparse\nparser = argparse.ArgumentParser()\n"
+                          "parser.add_argument('-c', dest='model_config', required=True)\n"
+                          "args = parser.parse_args()\n" + ECHO_STYLE)
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "usage:" in proc.stderr, proc.stderr
+    assert str(s.folder / "objective.py") in proc.stderr and "module-level argparse" in proc.stderr
+    assert "not hyper-opt's" in proc.stderr and not s.save_path.exists()
+
+
+def test_sys_exit_in_train_fails_that_trial_and_the_worker_goes_on(tmp_path: Path) -> None:
+    objective = ECHO_STYLE.replace('        x = conf["model"]["x"]\n',
+                                   '        x = conf["model"]["x"]\n'
+                                   '        if trial.number == 1:\n'
+                                   '            import sys\n'
+                                   '            sys.exit(3)\n')
+    assert "sys.exit(3)" in objective
+    s = _search(tmp_path, objective, max_consecutive_failures=3)
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    study = optuna.load_study(study_name=s.hyper_config()["optuna"]["study_name"],
+                              storage=f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[1].state == optuna.trial.TrialState.FAIL
+    assert "sys.exit(3)" in by_number[1].user_attrs["error"] and "exit code 3" in by_number[1].user_attrs["error"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4, [(t.number, t.state.name) for t in study.trials]
+    pids = {t.user_attrs["worker_pid"] for t in study.trials}
+    assert len(pids) == 1, f"one worker ran every trial (it went on after sys.exit): {pids}"
+
+
+PROBE = textwrap.dedent('''
+    from hyper_opt import BaseObjective
+
+    class Objective(BaseObjective):
+        def train(self, trial, conf):
+            found = []
+            for name in ("echo", "aimlutils"):
+                try:
+                    __import__(name)
+                    found.append(name)
+                except ImportError:
+                    pass
+            return {"val_loss": float(len(found)), "found": ",".join(found) or "none"}
+''')
+
+
+def test_a_plain_objective_never_sees_the_predecessors_names(tmp_path: Path) -> None:
+    s = _search(tmp_path, PROBE, n_trials=2)
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    study = optuna.load_study(study_name=s.hyper_config()["optuna"]["study_name"],
+                              storage=f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    assert [t.user_attrs["metrics"]["found"] for t in study.trials] == ["none", "none"]
+    # In process too: importing a plain objective installs nothing.
+    import_file(s.folder / "objective.py", what="objective file")
+    assert not compat.installed()
+    with pytest.raises(ImportError):
+        __import__("echo")
+
+
+def test_lazy_and_helper_imports_of_the_names_are_answered(tmp_path: Path) -> None:
+    """An import inside train (found by reading the file) and one in a helper module the objective
+    imports (found when it fails) both get the stand-ins."""
+    lazy = ECHO_STYLE.replace("from echo.src.trial_suggest import trial_suggest_loader\n", "").replace(
+        '        x = conf["model"]["x"]\n',
+        '        from echo.src.trial_suggest import trial_suggest_loader\n'
+        '        x = conf["model"]["x"]\n')
+    assert "            from echo.src.trial_suggest" not in lazy and "from echo.src.trial_suggest" in lazy
+    module = import_file(_write_objective(tmp_path / "lazy", lazy), what="objective file")
+    assert compat.installed() and module.BaseObjective is compat.echo.BaseObjective
+    compat.uninstall()
+    folder = tmp_path / "helper"
+    folder.mkdir()
+    (folder / "project_base.py").write_text("from echo.src.base_objective import BaseObjective\n")
+    (folder / "objective.py").write_text("from project_base import BaseObjective\n\n"
+                                         "class Objective(BaseObjective):\n    pass\n")
+    module = import_file(folder / "objective.py", what="objective file")
+    assert module.BaseObjective is compat.echo.BaseObjective
+    assert "echo.src.base_objective" in compat.used()
+
+
+def _write_objective(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "objective.py").write_text(text)
+    return folder / "objective.py"
+
+
+def test_a_local_echo_module_that_shadows_echo_opt_is_named(tmp_path: Path) -> None:
+    s = _search(tmp_path, ECHO_STYLE)
+    (s.folder / "echo.py").write_text("def say(x):\n    return x\n")
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No module named 'echo.src'" in proc.stderr
+    assert f"'echo' is {s.folder / 'echo.py'}" in proc.stderr and "shadows echo-opt's package" in proc.stderr
+    assert "rename" in proc.stderr
+
+
+def test_an_import_path_objective_gets_the_names_too(tmp_path: Path) -> None:
+    """``package.module:Class``, the documented way around objective files with relative imports."""
+    s = write_search(tmp_path / "s", objective=ECHO_STYLE,
+                     optuna={"n_trials": 3, "objective": "research.hpo.objective:Objective"})
+    package = s.folder / "research" / "hpo"
+    package.mkdir(parents=True)
+    (s.folder / "research" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "metrics.py").write_text("def loss(x):\n    return (x - 2) ** 2\n")
+    (package / "objective.py").write_text(
+        "from echo.src.base_objective import BaseObjective\nfrom .metrics import loss\n\n"
+        "class Objective(BaseObjective):\n"
+        "    def __init__(self, config, metric='val_loss'):\n"
+        "        BaseObjective.__init__(self, config, metric)\n\n"
+        "    def train(self, trial, conf):\n"
+        "        return {'val_loss': loss(conf['model']['x'])}\n")
+    (s.folder / "objective.py").unlink()
+    assert s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True).returncode == 0
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    study = optuna.load_study(study_name=s.hyper_config()["optuna"]["study_name"],
+                              storage=f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def test_unknown_top_level_keys_warn_in_echo_files_and_are_refused_in_hyper_opts(tmp_path: Path) -> None:
+    s = _echo_search(tmp_path, ECHO_STYLE)
+    s.rewrite_hyper(lambda h: h.update(notes="lr sweep after the 2023 data fix; see the lab notebook"))
+    proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert "top-level key 'notes'" in proc.stderr and "ignored, as echo-opt did" in proc.stderr
+    assert len(_study(s).trials) == 3
+    s.rewrite_hyper(lambda h: h.update(slrum={"jobs": 2}))  # a misspelt section is still refused
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "slrum: unknown key (did you mean 'slurm'?" in proc.stderr
+    hyper_opt_format = _search(tmp_path / "own", ECHO_STYLE)
+    hyper_opt_format.rewrite_hyper(lambda h: h.update(notes="x"))
+    proc = hyper_opt_format.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2 and "notes: unknown key" in proc.stderr
+
+
+TRIAL_RESULTS_WRITER = ECHO_STYLE.replace(
+    '        x = conf["model"]["x"]\n',
+    '        import os\n'
+    '        x = conf["model"]["x"]\n'
+    '        log = os.path.join(conf["optuna"]["save_path"], "trial_results", f"training_log_{trial.number}.csv")\n'
+    '        with open(log, "w") as fh:  # per-epoch log, as training code written for echo-opt does\n'
+    '            fh.write("epoch,val_loss\\n0,1.0\\n")\n')
+
+
+def test_echo_files_get_save_path_trial_results_as_echo_opt_made_it(tmp_path: Path) -> None:
+    assert "trial_results" in TRIAL_RESULTS_WRITER
+    s = _echo_search(tmp_path, TRIAL_RESULTS_WRITER)
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert [t.state.name for t in _study(s).trials] == ["COMPLETE"] * 3
+    assert sorted(p.name for p in (s.folder / "data" / "trial_results").iterdir()) == [
+        f"training_log_{n}.csv" for n in range(3)]
+    plain = _search(tmp_path / "plain", FAST_OBJECTIVE_TEXT, n_trials=1)
+    plain.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert not (plain.save_path / "trial_results").exists(), "hyper_opt's own format has no use for it"
