@@ -364,17 +364,18 @@ ModelCheck = Callable[..., "list[str]"]
 
 
 def _check_top_level(chk: _Checker, hyper: Mapping[str, Any], file_format: str, hyper_path: Path) -> None:
-    """Unknown top-level keys: in echo-opt's format a warning (echo-opt ignored them: projects keep
-    a ``notes:`` entry there), unless the key is a misspelt section (``slrum``), which would
-    silently change where the search runs; refused in the other formats."""
+    """Unknown top-level keys: refused in hyper_opt's format; in the predecessors' formats a warning,
+    as their tools ignored them (projects keep a ``notes:`` entry, or their model config, there),
+    unless the key is a misspelt section (``slrum``), which would change where the search runs."""
     for key in [k for k in hyper if k not in HYPER_SECTIONS]:
         close = difflib.get_close_matches(str(key), HYPER_SECTIONS, n=1, cutoff=0.75)
-        if file_format != "echo" or close:
+        if file_format == "hyper_opt" or close:
             hint = f"did you mean {close[0]!r}? " if close else ""
             chk.add(str(key), f"unknown key ({hint}allowed: {', '.join(HYPER_SECTIONS)})")
         else:
-            logger.warning("%s: top-level key %r is not one hyper_opt reads (%s); ignored, as echo-opt "
-                           "did", hyper_path, key, ", ".join(HYPER_SECTIONS))
+            logger.warning("%s: top-level key %r is not one hyper_opt reads (%s); ignored, as %s did",
+                           hyper_path, key, ", ".join(HYPER_SECTIONS),
+                           "echo-opt" if file_format == "echo" else "aimlutils")
 
 
 def _check_save_path(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], base: Path) -> Path:

@@ -182,7 +182,7 @@ def _problems(tmp_path: Path, text: str, model: dict | None = None, **kwargs: ob
     ("change", "expected"),
     [
         (("optuna:", "optuna:\n  bogus_key: 1"), ["optuna:bogus_key", "unknown key", "n_trials"]),
-        (("log:", "colour: red\nlog:"), ["colour", "unknown key"]),
+        (("log:", "slrum:\n  jobs: 2\nlog:"), ["slrum", "unknown key", "did you mean 'slurm'?"]),
         (("n_trials: 500", "n_trials: many"), ["optuna:n_trials", "'many'", "integer >= 1"]),
         (("n_trials: 500", "n_trials: 0"), ["optuna:n_trials", "0"]),
         (('type: "TPESampler"', 'type: "TPESamplr"'), ["optuna:sampler:type", "'TPESamplr'", "TPESampler", "RandomSampler"]),
@@ -207,6 +207,22 @@ def test_each_problem_names_its_key_path(tmp_path: Path, change: tuple[str, str]
     message = _problems(tmp_path, LEGACY.replace(change[0], change[1], 1))
     for text in expected:
         assert text in message, f"{text!r} not in:\n{message}"
+
+
+def test_predecessor_files_keep_extra_top_level_keys_with_a_warning(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """echo-opt and aimlutils ignored top-level keys they did not read: a ``notes:`` entry, or the
+    model config inlined (NCAR/holodec-ml@50ca2789:config/hyperparameter.yml keeps ``path_data``,
+    ``random_seed`` ... beside ``optuna``). hyper_opt's own format refuses them."""
+    hyper, model = _write(tmp_path, "notes: 'lr sweep, 2nd data set'\n" + ECHO)
+    config, _ = load_config(hyper, model)
+    assert config.format == "echo" and "top-level key 'notes'" in caplog.text and "as echo-opt did" in caplog.text
+    hyper, model = _write(tmp_path, LEGACY + "\npath_data: /glade/p/data\nrandom_seed: 328942\n")
+    config, _ = load_config(hyper, model)
+    assert config.format == "aimlutils" and "'path_data'" in caplog.text and "as aimlutils did" in caplog.text
+    hyper, model = _write(tmp_path, "local: {workers: 1}\nnotes: x\n" + ECHO)
+    with pytest.raises(ConfigError, match="notes: unknown key"):
+        load_config(hyper, model)
 
 
 def test_pruner_by_name_and_bad_values(tmp_path: Path) -> None:
