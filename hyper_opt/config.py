@@ -42,6 +42,7 @@ from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-ex
     FORMATS, HYPER_SECTIONS, LOCAL_KEYS, LOG_KEYS, LOG_LEVELS, OPTUNA_KEYS, OWN_KEYS, PARAM_SETTINGS, PBS_KEYS,
     SLURM_KEYS, STORAGE_TYPES, STUDY_NAME, ComponentSpec, HyperConfig, ObjectiveSpec, OptunaSpec, ParameterSpec,
     SchedulerSpec, StorageSpec)
+from hyper_opt.script_values import check_script_values
 from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
 from hyper_opt.space import check_parameters as _check_parameters
 
@@ -236,8 +237,7 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
                (isinstance(value, list) and section == "slurm"))
         if bad:
             chk.add(f"{section}:batch:{key}", f"must be a string or number, got {value!r}")
-        elif isinstance(value, str) and ("\n" in value or "\r" in value):
-            chk.add(f"{section}:batch:{key}", f"must not contain a newline, got {value!r}")
+    # control characters (a newline becomes a directive of its own): script_values, in load_config
     bash = chk.strings(sec.get("bash"), f"{section}:bash")
     folder = sec.get("folder")
     return SchedulerSpec(
@@ -252,6 +252,19 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
         signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=DEFAULT_SIGNAL_DELAY_S),
         python=chk.string(sec.get("python"), f"{section}:python"),
     )
+
+
+def _check_job_values(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], save_path: Path,
+                      slurm: SchedulerSpec | None, pbs: SchedulerSpec | None,
+                      files: tuple[Path, str | Path | None], overrides: Sequence[str]) -> None:
+    """With a ``slurm``/``pbs`` section: no control character in what reaches a job script."""
+    if slurm is None and pbs is None:
+        return
+    save_key = "optuna:save_path" if "save_path" not in hyper and "save_path" in opt else "save_path"
+    check_script_values(chk, hyper, overrides=overrides, paths={
+        save_key: save_path, "slurm:folder": slurm.folder if slurm else None,
+        "pbs:folder": pbs.folder if pbs else None, "the hyperparameter file": files[0],
+        "the model config file": Path(files[1]) if files[1] is not None else None})
 
 
 # --------------------------------------------------------------------------- formats
@@ -329,6 +342,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
                            url_base=None if file_format == "hyper_opt" else base)
     slurm = _check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
     pbs = _check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
+    _check_job_values(chk, hyper, opt, save_path, slurm, pbs, (hyper_path, model_path), overrides)
     local = chk.mapping(hyper.get("local"), "local")
     chk.unknown_keys(local, LOCAL_KEYS, "local")
     local_workers = chk.integer(local.get("workers"), "local:workers", minimum=1, default=1)
