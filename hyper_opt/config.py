@@ -45,6 +45,7 @@ from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-ex
 from hyper_opt.script_values import check_script_values
 from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
 from hyper_opt.space import check_parameters as _check_parameters
+from hyper_opt.space import value_problem as _value_problem
 
 logger = logging.getLogger(__name__)
 
@@ -488,8 +489,13 @@ def _check_enqueue(chk: _Checker, enqueue: Any, parameters: Sequence[ParameterSp
         chk.add("optuna:enqueue", f"must be a list of parameter mappings, got {enqueue!r}")
         enqueue = []
     kept_enqueue = []
+    by_name = {p.name: p for p in parameters}
     for i, params in enumerate(enqueue):
         unknown = [p for p in params if p not in names]
+        for pname, value in params.items():  # checked now: optuna runs an out-of-range value as it is
+            problem = _value_problem(by_name[pname], value) if pname in by_name else None
+            if problem:
+                chk.add(f"optuna:enqueue:{i}:{pname}", problem)
         for pname in unknown:  # echo-opt passed them to optuna, which ignored them: so do we, aloud
             logger.warning("optuna:enqueue:%d:%s: not a parameter name (names: %s); ignored",
                            i, pname, ", ".join(sorted(names)))
@@ -500,16 +506,19 @@ def _check_enqueue(chk: _Checker, enqueue: Any, parameters: Sequence[ParameterSp
 def _check_heartbeat(chk: _Checker, opt: Mapping[str, Any], storage: StorageSpec) -> tuple[int | None, int | None]:
     """(heartbeat_interval, grace_period); (None, None) when the heartbeat is off."""
     heartbeat: int | None = None
+    valid = True
     raw_hb = opt.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL_S)
     if storage.kind == "journal":
         if "heartbeat_interval" in opt and raw_hb:
             chk.add("optuna:heartbeat_interval", "the journal storage has no heartbeat; use sqlite or a database URL")
     elif raw_hb not in (None, 0, False):  # null or 0 turns the heartbeat off
+        before = len(chk.problems)
         heartbeat = chk.integer(raw_hb, "optuna:heartbeat_interval", minimum=1, default=DEFAULT_HEARTBEAT_INTERVAL_S)
+        valid = len(chk.problems) == before  # else no comparison with a default it was not given
     grace = None
     if heartbeat:
         grace = chk.integer(opt.get("grace_period"), "optuna:grace_period", minimum=1, default=heartbeat * 2)
-        if grace <= heartbeat:
+        if valid and grace <= heartbeat:
             chk.add("optuna:grace_period", f"must be longer than heartbeat_interval ({heartbeat}), got {grace}")
     return heartbeat, grace
 
