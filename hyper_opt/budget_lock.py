@@ -371,6 +371,14 @@ class JournalLease:
         token, self._token = self._token, None
         if token is None:
             return
+        try:
+            self._remove_own(token)
+        except OSError as err:  # never fail a claim that is made: a file left behind goes stale
+            logger.warning("releasing the journal budget lock %s: %s; it is taken over after %.0f s",
+                           self.path, err, JOURNAL_LOCK_GRACE_S)
+
+    def _remove_own(self, token: bytes) -> None:
+        """Delete the lock file if it holds ``token``: moved aside first, checked, then deleted."""
         now = self._observe()
         if now is None or now[3] != token:
             logger.warning("the journal budget lock %s was taken over while this worker held it "
