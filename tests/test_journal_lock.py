@@ -24,7 +24,7 @@ from hyper_opt.storage import make_storage
 
 from .conftest import REPO, write_search
 
-GRACE_S, RENEW_S = 1.0, 0.1
+GRACE_S, RENEW_S = 2.0, 0.1  # a renewal every 0.1 s: 20 chances per grace on a loaded machine
 # A holder in its own process, with the same short lease; it waits for a line on stdin between
 # taking and releasing the lock, and says whether it still holds it before releasing.
 HOLDER = textwrap.dedent('''
