@@ -1,7 +1,7 @@
 """The lock that keeps the budget exact: "count the trials, then start one" serialised across
 every worker of a study.
 
-A file lock beside the SQLite file, an exclusive-create lock file beside the journal, ``GET_LOCK``
+A file lock beside the SQLite file, a renewed, fenced lease file beside the journal (JournalLease), ``GET_LOCK``
 on MySQL, and on PostgreSQL a transaction-level advisory lock taken in the one transaction that
 makes the whole claim (:meth:`BudgetLock.transaction`): optuna's storage is bound to that
 transaction's connection (:func:`bind_session`), so the claim commits (and the lock goes) at once,
@@ -15,8 +15,11 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,10 @@ from hyper_opt.storage import _first_line, _sqlstate, driver_connect_args
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_LOCK_GRACE_S = 60  # a journal budget-lock file unchanged this long was left by a dead holder
+# The journal budget lock (JournalLease): a lock file unchanged this long (by the waiter's clock) was
+# left by a dead or suspended holder; a live holder's thread renews it this often.
+JOURNAL_LOCK_GRACE_S = 60.0
+JOURNAL_LOCK_RENEW_S = 5.0
 LOCK_TIMEOUT_S = 600.0  # a holder that keeps the budget lock this long is hung: say so, do not wait for ever
 _PG_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
 
@@ -90,17 +96,23 @@ class BudgetLock:
             "it is hung (it is held only while a trial is created, for milliseconds); find and stop it")
 
     def _journal_lock(self) -> None:
-        """The journal storage is meant for shared file systems, where ``flock`` is unreliable: an
-        exclusive create (``O_CREAT | O_EXCL``, what optuna's own journal lock does, safe on NFS
-        v3+) of a lock file; a file left by a holder that died is taken over after
-        JOURNAL_LOCK_GRACE_S without change (the lock is held for milliseconds)."""
-        from optuna.storages.journal import JournalFileOpenLock
-
+        """The journal storage is meant for shared file systems, where ``flock`` is unreliable: a
+        renewed, fenced lease in a lock file (:class:`JournalLease`)."""
         if self._fh is None:
             self._file().parent.mkdir(parents=True, exist_ok=True)
-            # it creates "<name>.lock": the same file as _file() names
-            self._fh = JournalFileOpenLock(str(self._file().with_suffix("")), grace_period=JOURNAL_LOCK_GRACE_S)
-        self._fh.acquire()
+            self._fh = JournalLease(self._file(), timeout_s=self._timeout_s)
+        if not self._fh.acquire():
+            raise self._stuck()
+
+    def owned(self) -> bool:
+        """Whether this process still holds the lock: the check a claim makes just before it
+        writes. Only the journal's lease can be lost while held (taken over from a holder
+        suspended past its grace); the other locks hold until released."""
+        if not self._depth:
+            return False
+        if self._spec.storage.kind == "journal" and self._fh is not None:
+            return bool(self._fh.owned())
+        return True
 
     def _file_lock(self) -> None:
         if self._fh is None:
@@ -247,6 +259,152 @@ class BudgetLock:
                     self._depth, self._tx_conn = 0, None
         finally:
             conn.close()
+
+
+class JournalLease:
+    """The journal's budget lock: a lease in a lock file on a shared file system (NFS), sound
+    while its holder lives however slow it is, and fenced when it does not.
+
+    * Taken by an exclusive create (``O_CREAT | O_EXCL``, atomic on NFS v3+) of the lock file,
+      which then holds the holder's token (host, pid, a random id): the fencing token.
+    * While held, a thread of the holder renews the lease every JOURNAL_LOCK_RENEW_S (it sets the
+      file's mtime, from the server's clock on NFS), so a live holder's file never looks
+      abandoned, however long its main thread is delayed (a slow NFS read, a long query).
+    * A waiter takes the file over only when it saw it unchanged (inode, mtime, size, token) for
+      JOURNAL_LOCK_GRACE_S by its own monotonic clock (no clock skew between hosts): its holder
+      died or is suspended (SIGSTOP, a suspended job). The take-over renames the file to a private
+      name, checks it is still the one it saw (else puts it back) and only then deletes it.
+    * :meth:`owned` reads the token in the file: a holder that was suspended past the grace and
+      lost the lock finds out before it writes (the claim checks it just before creating the
+      trial); :meth:`release` deletes the lock file only when it holds this holder's token.
+    """
+
+    def __init__(self, path: Path, *, timeout_s: float) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        self._token: bytes | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _observe(self, path: Path | None = None) -> tuple[int, int, int, bytes] | None:
+        """(inode, mtime, size, token) of the lock file, or None without one. Opening the file
+        revalidates NFS's attribute cache (close-to-open consistency); a bare stat may not."""
+        try:
+            with open(path or self.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                return st.st_ino, st.st_mtime_ns, st.st_size, fh.read(512)
+        except FileNotFoundError:
+            return None
+
+    def acquire(self) -> bool:
+        """Wait for the lock (at most ``timeout_s``); False when it stayed held that long."""
+        token = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex}".encode()
+        deadline = time.monotonic() + self._timeout_s
+        seen: tuple[int, int, int, bytes] | None = None
+        since = time.monotonic()
+        delay = 0.002
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                now = self._observe()
+                if now is None:
+                    continue  # released in between: try again at once
+                if now != seen:
+                    seen, since = now, time.monotonic()
+                elif time.monotonic() - since > JOURNAL_LOCK_GRACE_S:
+                    self._take_over(seen)
+                    seen, delay = None, 0.002
+                    continue
+                if time.monotonic() + delay > deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            try:
+                os.write(fd, token)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            break
+        self._token = token
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name="hyper_opt-journal-lease", daemon=True)
+        self._renewer.start()
+        return True
+
+    def _take_over(self, seen: tuple[int, int, int, bytes]) -> None:
+        """Remove the abandoned lock file ``seen``, and nothing else."""
+        private = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(self.path, private)
+        except FileNotFoundError:
+            return  # another waiter took it over first
+        if self._observe(private) == seen:
+            os.unlink(private)
+            logger.warning("the journal budget lock %s was not renewed for %.0f s: its holder (%s) died or "
+                           "is suspended; taken over", self.path, JOURNAL_LOCK_GRACE_S,
+                           seen[3].decode(errors="replace") or "unknown")
+            return
+        _put_back(private, self.path)  # renewed or replaced meanwhile: a live holder's
+
+    def _renew(self) -> None:
+        while not self._stop.wait(JOURNAL_LOCK_RENEW_S):
+            if not self.owned():
+                logger.warning("the journal budget lock %s was taken over: this worker was suspended "
+                               "longer than %.0f s", self.path, JOURNAL_LOCK_GRACE_S)
+                return
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def owned(self) -> bool:
+        """Whether the lock file is this holder's (the fencing check before a write)."""
+        now = self._observe()
+        return self._token is not None and now is not None and now[3] == self._token
+
+    def release(self) -> None:
+        """Stop renewing; delete the lock file if it is this holder's, never another's."""
+        self._stop.set()
+        if self._renewer is not None and self._renewer is not threading.current_thread():
+            self._renewer.join(timeout=5)
+        self._renewer = None
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            self._remove_own(token)
+        except OSError as err:  # never fail a claim that is made: a file left behind goes stale
+            logger.warning("releasing the journal budget lock %s: %s; it is taken over after %.0f s",
+                           self.path, err, JOURNAL_LOCK_GRACE_S)
+
+    def _remove_own(self, token: bytes) -> None:
+        """Delete the lock file if it holds ``token``: moved aside first, checked, then deleted."""
+        now = self._observe()
+        if now is None or now[3] != token:
+            logger.warning("the journal budget lock %s was taken over while this worker held it "
+                           "(suspended longer than %.0f s); left to its new holder", self.path,
+                           JOURNAL_LOCK_GRACE_S)
+            return
+        private = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.release")
+        try:
+            os.rename(self.path, private)
+        except FileNotFoundError:
+            return
+        moved = self._observe(private)
+        if moved is not None and moved[3] == token:
+            os.unlink(private)
+        else:
+            _put_back(private, self.path)  # taken over between the check and the rename
+
+
+def _put_back(private: Path, path: Path) -> None:
+    """Return a lock file moved aside by mistake; if a new one was created meanwhile, the moved
+    one's holder has lost the lock (its ``owned`` check says so) and the file goes."""
+    try:
+        os.link(private, path)
+    except FileExistsError:
+        pass
+    os.unlink(private)
 
 
 class _BindableSessions:

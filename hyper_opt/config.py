@@ -43,8 +43,10 @@ from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-ex
     FORMATS, HYPER_SECTIONS, LOCAL_KEYS, LOG_KEYS, LOG_LEVELS, OPTUNA_KEYS, OWN_KEYS, PARAM_SETTINGS, PBS_KEYS,
     SLURM_KEYS, STORAGE_TYPES, STUDY_NAME, ComponentSpec, HyperConfig, ObjectiveSpec, OptunaSpec, ParameterSpec,
     SchedulerSpec, StorageSpec)
+from hyper_opt.script_values import check_script_values
 from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
 from hyper_opt.space import check_parameters as _check_parameters
+from hyper_opt.space import value_problem as _value_problem
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +233,7 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
                (isinstance(value, list) and section == "slurm"))
         if bad:
             chk.add(f"{section}:batch:{key}", f"must be a string or number, got {value!r}")
-        elif isinstance(value, str) and ("\n" in value or "\r" in value):
-            chk.add(f"{section}:batch:{key}", f"must not contain a newline, got {value!r}")
+    # control characters (a newline becomes a directive of its own): script_values, in load_config
     bash = chk.strings(sec.get("bash"), f"{section}:bash")
     folder = sec.get("folder")
     return SchedulerSpec(
@@ -247,6 +248,19 @@ def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[st
         signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=DEFAULT_SIGNAL_DELAY_S),
         python=chk.string(sec.get("python"), f"{section}:python"),
     )
+
+
+def _check_job_values(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], save_path: Path,
+                      slurm: SchedulerSpec | None, pbs: SchedulerSpec | None,
+                      files: tuple[Path, str | Path | None], overrides: Sequence[str]) -> None:
+    """With a ``slurm``/``pbs`` section: no control character in what reaches a job script."""
+    if slurm is None and pbs is None:
+        return
+    save_key = "optuna:save_path" if "save_path" not in hyper and "save_path" in opt else "save_path"
+    check_script_values(chk, hyper, overrides=overrides, paths={
+        save_key: save_path, "slurm:folder": slurm.folder if slurm else None,
+        "pbs:folder": pbs.folder if pbs else None, "the hyperparameter file": files[0],
+        "the model config file": Path(files[1]) if files[1] is not None else None})
 
 
 # --------------------------------------------------------------------------- formats
@@ -324,6 +338,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
                            url_base=None if file_format == "hyper_opt" else base)
     slurm = _check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
     pbs = _check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
+    _check_job_values(chk, hyper, opt, save_path, slurm, pbs, (hyper_path, model_path), overrides)
     local = chk.mapping(hyper.get("local"), "local")
     chk.unknown_keys(local, LOCAL_KEYS, "local")
     local_workers = chk.integer(local.get("workers"), "local:workers", minimum=1, default=1)
@@ -484,8 +499,13 @@ def _check_enqueue(chk: _Checker, enqueue: Any, parameters: Sequence[ParameterSp
         chk.add("optuna:enqueue", f"must be a list of parameter mappings, got {enqueue!r}")
         enqueue = []
     kept_enqueue = []
+    by_name = {p.name: p for p in parameters}
     for i, params in enumerate(enqueue):
         unknown = [p for p in params if p not in names]
+        for pname, value in params.items():  # checked now: optuna runs an out-of-range value as it is
+            problem = _value_problem(by_name[pname], value) if pname in by_name else None
+            if problem:
+                chk.add(f"optuna:enqueue:{i}:{pname}", problem)
         for pname in unknown:  # echo-opt passed them to optuna, which ignored them: so do we, aloud
             logger.warning("optuna:enqueue:%d:%s: not a parameter name (names: %s); ignored",
                            i, pname, ", ".join(sorted(names)))
@@ -496,16 +516,19 @@ def _check_enqueue(chk: _Checker, enqueue: Any, parameters: Sequence[ParameterSp
 def _check_heartbeat(chk: _Checker, opt: Mapping[str, Any], storage: StorageSpec) -> tuple[int | None, int | None]:
     """(heartbeat_interval, grace_period); (None, None) when the heartbeat is off."""
     heartbeat: int | None = None
+    valid = True
     raw_hb = opt.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL_S)
     if storage.kind == "journal":
         if "heartbeat_interval" in opt and raw_hb:
             chk.add("optuna:heartbeat_interval", "the journal storage has no heartbeat; use sqlite or a database URL")
     elif raw_hb not in (None, 0, False):  # null or 0 turns the heartbeat off
+        before = len(chk.problems)
         heartbeat = chk.integer(raw_hb, "optuna:heartbeat_interval", minimum=1, default=DEFAULT_HEARTBEAT_INTERVAL_S)
+        valid = len(chk.problems) == before  # else no comparison with a default it was not given
     grace = None
     if heartbeat:
         grace = chk.integer(opt.get("grace_period"), "optuna:grace_period", minimum=1, default=heartbeat * 2)
-        if grace <= heartbeat:
+        if valid and grace <= heartbeat:
             chk.add("optuna:grace_period", f"must be longer than heartbeat_interval ({heartbeat}), got {grace}")
     return heartbeat, grace
 

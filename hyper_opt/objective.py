@@ -156,6 +156,9 @@ class BaseObjective:
             if name not in results:
                 raise MetricMissingError(f"train() returned no {name!r} (the metric being optimised); "
                                          f"it returned: {', '.join(map(str, results)) or 'nothing'}")
+            if _is_bool(results[name]):  # float(True) is 1.0: a flag returned by mistake, not a metric
+                raise MetricValueError(f"train() returned {name}={results[name]!r}, a boolean, which is not "
+                                       "a metric value; return a number")
             try:
                 number = float(results[name])
             except (TypeError, ValueError):
@@ -186,6 +189,12 @@ def _check_private(path: Path) -> None:
                 f"refusing to load the checkpoint {path}: {part} is writable by other users or owned by "
                 f"another (mode {st.st_mode & 0o777:o}, uid {st.st_uid}); loading a checkpoint runs code from "
                 f"it. If it is yours, make it private: chmod -R go-w {path.parent.parent}")
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy boolean (numpy's ``bool_`` is no ``bool``, and ``float()`` takes both)."""
+    kind = type(value)
+    return isinstance(value, bool) or (kind.__module__.split(".")[0] == "numpy" and kind.__name__ in ("bool_", "bool"))
 
 
 def _jsonable(value: Any) -> float | int | str | None:

@@ -79,6 +79,41 @@ def take_from_env(argv_overrides: Sequence[str], environ: MutableMapping[str, st
     return [*value, *(o for o in argv_overrides if o not in value)]
 
 
+def without_secrets(argv: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``argv`` without the ``--set`` arguments (``--set X``, ``--set=X``) that hold a secret."""
+    secret = [o for o in overrides if is_secret(o)]
+    out: list[str] = []
+    for arg in argv:
+        if arg in secret and out and out[-1].startswith("--s") and "--set".startswith(out[-1]):
+            out.pop()  # --set (or an abbreviation argparse accepts) and its value
+        elif not any(arg.endswith("=" + o) and "--set".startswith(arg[:-len(o) - 1]) for o in secret):
+            out.append(arg)
+    return out
+
+
+def scrub_command_line(overrides: Sequence[str]) -> None:
+    """Re-execute this process without the ``--set`` overrides that hold a password, which then
+    travel in ``HYPER_OPT_OVERRIDES`` (all of them, in order; :func:`take_from_env` reads them).
+
+    For the commands that run for the whole search (``optimize --local``): a process's command
+    line is readable by every user of the machine for as long as it runs (``/proc/PID/cmdline``),
+    and Python cannot rewrite its own portably (``sys.argv`` is a copy; setproctitle is not a
+    dependency). ``exec`` keeps the pid, the environment and the open terminal. Nothing happens
+    when no override holds a secret, or when they are not on this process's command line (a
+    call of ``main`` from Python)."""
+    import sys
+
+    argv = list(getattr(sys, "orig_argv", ()))
+    cleaned = without_secrets(argv, overrides)
+    if not argv or cleaned == argv:
+        return
+    os.environ[ENV] = json.dumps(list(overrides))
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.execv(sys.executable, cleaned)
+
+
 @contextlib.contextmanager
 def exported(env: Mapping[str, str]) -> Iterator[None]:
     """Set ``env`` in this process's environment for the block (what ``sbatch`` passes on)."""

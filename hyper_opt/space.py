@@ -154,3 +154,25 @@ def _check_values(chk: Checker, path: str, ptype: str, s: Mapping[str, Any]) -> 
             chk.add(f"{path}:settings", "an int parameter with 'log: true' needs step 1")
     return len(chk.problems) == before
 
+
+
+def value_problem(spec: ParameterSpec, value: Any) -> str | None:
+    """Why ``value`` is not a value ``spec`` can take (an enqueued trial's), or None: the type,
+    the range, the step, the choices. optuna would run an out-of-range value as it is, and a
+    string for a number fails only when the trial runs."""
+    s = spec.settings
+    if spec.type == "categorical":
+        same = [c for c in s["choices"] if c == value and (isinstance(c, bool) == isinstance(value, bool))]
+        return None if same else f"{value!r} is not one of the choices {s['choices']!r}"
+    number = is_int if spec.type == "int" else is_number
+    if not number(value):
+        return f"must be {'an integer' if spec.type == 'int' else 'a number'}, got {value!r}"
+    low, high = s["low"], s["high"]
+    if not low <= value <= high:
+        return f"{value!r} is outside the range [{low!r}, {high!r}]"
+    step = s.get("q" if spec.type == "discrete_uniform" else "step")
+    if step is not None:
+        k = (value - low) / step
+        if abs(k - round(k)) > 1e-8 * max(1.0, abs(k)):
+            return f"{value!r} is not low + a multiple of the step ({low!r} + k x {step!r})"
+    return None

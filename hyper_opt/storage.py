@@ -226,9 +226,32 @@ _TEXT_REFUSE = (
     ("readonly", "the storage is read-only"),
     ("file is not a database", _SQLITE_REFUSE["SQLITE_NOTADB"]),
     ("unable to open database file", _SQLITE_REFUSE["SQLITE_CANTOPEN"]),
+    # libpq's own refusals (no SQLSTATE: the connection never got that far).
+    ("no password supplied", "the server asks for a password and none was given: set PGPASSWORD or add a "
+                             "line to ~/.pgpass (keep the password out of optuna:storage)"),
+    ("peer authentication failed", "the server accepts this user only from the operating-system account of "
+                                   "the same name (peer authentication): connect over TCP (a host in the "
+                                   "URL) with a password, or change the server's pg_hba.conf"),
+    ("ident authentication failed", "the server's ident authentication refused this user: connect as "
+                                    "the account it expects, or change the server's pg_hba.conf"),
+    ("server does not support ssl", "the URL asks for SSL (sslmode=require or stricter) but the server "
+                                    "does not support it: change sslmode in optuna:storage"),
+    ("invalid sslmode value", "sslmode in optuna:storage is invalid; allowed: disable, allow, prefer, "
+                              "require, verify-ca, verify-full"),
+    (re.compile(r"root certificate file .* does not exist"),
+     "the root certificate file (sslrootcert, or ~/.postgresql/root.crt) does not exist: give its path "
+     "in optuna:storage, or use sslrootcert=system"),
+    (re.compile(r"could not (open|read) (certificate|private key|root certificate) file"),
+     "an SSL certificate or key file named in optuna:storage cannot be read"),
+    (re.compile(r"certificate present, but not private key|private key file .* (does not exist|has group)"),
+     "the SSL client key (sslkey) is missing or readable by others (chmod 600)"),
 )
 _OS_REFUSE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+# A shared file system (the journal storage on NFS) recovering: a stale handle after the server
+# restarted or the file was replaced, an I/O error while it does not answer.
+_OS_RETRY = {errno.ESTALE: "the shared file system gave a stale file handle (its server restarted?)",
+             errno.EIO: "an I/O error on the file system (its server does not answer?)"}
 
 
 def _verdict_of(err: BaseException) -> tuple[str, str] | None:
@@ -238,6 +261,8 @@ def _verdict_of(err: BaseException) -> tuple[str, str] | None:
     if isinstance(err, (ConnectionError, TimeoutError)):
         return RETRY, "the database server is unreachable"
     if isinstance(err, OSError):
+        if err.errno in _OS_RETRY:
+            return RETRY, _OS_RETRY[err.errno]
         reason = _OS_REFUSE.get(err.errno or -1)
         return (REFUSE, reason) if reason else None
     if isinstance(err, sqlite3.Error):

@@ -324,6 +324,10 @@ class Worker:
                     if finished + c[TS.RUNNING.name] >= spec.n_trials:
                         # Only wait where a dead worker's trial can go stale and be retried.
                         return None if spec.heartbeat_interval else Stop.BUDGET
+                    if not opened.lock.owned():  # the journal's lease, lost while suspended: count again
+                        logger.warning("worker %d: the budget lock was taken over while this worker was "
+                                       "suspended; nothing written, claiming again", self.worker_index)
+                        return None
                     created = True
                     trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0)
                     failpoints.hit("after_ask")

@@ -201,3 +201,41 @@ def test_a_second_study_in_the_same_save_path_is_refused(tmp_path: Path) -> None
                             text=True, capture_output=True, timeout=60)
     assert worker.returncode == 2 and "needs a save_path of its own" in worker.stderr
     assert sorted(p.name for p in (a.save_path / "trials").glob("*.csv")) == ["trial_0.csv"]
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends so far (Linux /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_a_worker_logs_tail_is_read_from_its_end(tmp_path: Path) -> None:
+    """A dead worker's log tail: the right lines, read from the end (a bounded number of bytes,
+    counted by the kernel), not the whole log."""
+    from hyper_opt.launch.local import TAIL_MAX_BYTES, _tail
+
+    log = tmp_path / "worker_0.log"
+    with open(log, "wb") as fh:
+        chunk = b"".join(b"line %07d of the worker's log\n" % i for i in range(100_000))  # about 3.2 MB
+        for _ in range(20):
+            fh.write(chunk)
+        fh.write("the last line, é, no newline".encode())
+    size = log.stat().st_size
+    before = _bytes_read()
+    tail = _tail(log, lines=3)
+    read = _bytes_read() - before
+    assert tail.splitlines() == ["    line 0099998 of the worker's log", "    line 0099999 of the worker's log",
+                                 "    the last line, é, no newline"]
+    assert read < 64 * 1024, f"read {read} bytes of a {size}-byte log"
+    # One huge line: at most TAIL_MAX_BYTES are read; short logs and empty ones whole.
+    (tmp_path / "one.log").write_bytes(b"x" * (4 * TAIL_MAX_BYTES) + b"\nend\n")
+    before = _bytes_read()
+    assert _tail(tmp_path / "one.log", lines=2).splitlines()[-1] == "    end"
+    assert _bytes_read() - before <= TAIL_MAX_BYTES + 8192
+    (tmp_path / "short.log").write_text("a\r\nb\n")
+    assert _tail(tmp_path / "short.log") == "    a\n    b"
+    (tmp_path / "empty.log").write_text("")
+    assert _tail(tmp_path / "empty.log") == "" and _tail(tmp_path / "missing.log") == ""

@@ -121,7 +121,7 @@ def test_report_of_complete_pruned_and_failed_trials(single: Search) -> None:
     states = [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED", "PRUNED", "FAIL", "COMPLETE"]
     folder = single.save_path / "report"
-    names = {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir() if p.name != ".hyper_opt_report.json"}
     assert names == {"trials.csv", "best.yml", "summary.md", "optimization_history.png", "intermediate_values.png",
                      "param_importances.png", "parallel_coordinate.png", "slice.png"}
     for png in folder.glob("*.png"):
@@ -160,7 +160,8 @@ def test_report_without_matplotlib_still_writes_csv_best_and_summary(single: Sea
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'hyper_opt[plots]'" in proc.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.yml", "summary.md", "trials.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hyper_opt_report.json", "best.yml", "summary.md",
+                                                          "trials.csv"]
     assert "pip install 'hyper_opt[plots]'" in (tmp_path / "summary.md").read_text()
 
 
@@ -191,9 +192,39 @@ def test_no_plots_and_importances_need_two_completed_trials(tmp_path: Path, caps
 
     # --no-plots writes no PNG and removes the ones an earlier report left behind.
     assert main(["report", str(s.hyper), "--out", str(out), "--no-plots"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["summary.md", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["summary.md", "trials.csv"]
     assert "give the model config too" in (out / "summary.md").read_text()
     assert "matplotlib.pyplot" not in sys.modules, "figures are rendered without pyplot (no display, no backend)"
+
+
+def test_report_never_deletes_a_file_it_did_not_write(tmp_path: Path) -> None:
+    """``report --out DIR`` without a model writes no best.yml: a best.yml of the user's in DIR
+    stays, as do plots of the user's; what an earlier report wrote there and this one did not
+    goes, unless changed since."""
+    s = write_search(tmp_path / "s", model={"model": {"x": 0.0}})
+    config, _ = load_config(s.hyper)
+    opened = open_study(config, create=True)
+    opened.lock.close()
+    dist = {"x": optuna.distributions.FloatDistribution(-5, 5)}
+    for x in (1.0, 2.5):
+        opened.study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=dist, value=(x - 2) ** 2))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "best.yml").write_text("model: {x: 42}  # tuned by hand\n")
+    (out / "slice.png").write_bytes(b"my own plot")
+    assert main(["report", str(s.hyper), "--out", str(out), "--no-plots"]) == 0
+    assert (out / "best.yml").read_text() == "model: {x: 42}  # tuned by hand\n"
+    assert (out / "slice.png").read_bytes() == b"my own plot"
+    assert (out / "trials.csv").exists() and (out / "summary.md").exists()
+    # An earlier report's best.yml goes once a report no longer writes it; one edited since stays.
+    assert main(["report", str(s.hyper), str(s.model), "--out", str(out), "--no-plots"]) == 0
+    assert "tuned by hand" not in (out / "best.yml").read_text(), "written (overwritten) by this report"
+    assert main(["report", str(s.hyper), "--out", str(out), "--no-plots"]) == 0
+    assert not (out / "best.yml").exists(), "the earlier report's own best.yml is outdated: removed"
+    assert main(["report", str(s.hyper), str(s.model), "--out", str(out), "--no-plots"]) == 0
+    (out / "best.yml").write_text("model: {x: 7}  # edited\n")
+    assert main(["report", str(s.hyper), "--out", str(out), "--no-plots"]) == 0
+    assert (out / "best.yml").read_text() == "model: {x: 7}  # edited\n", "edited since: not the report's any more"
 
 
 def test_report_of_a_missing_study_is_one_clear_error(tmp_path: Path) -> None:
@@ -242,14 +273,15 @@ def test_multi_objective_report_writes_one_best_file_per_pareto_trial(tmp_path: 
     s, study = _multi_study(tmp_path / "multi")
     out = s.save_path / "report"
     out.mkdir(parents=True)
-    (out / "best_trial_999.yml").write_text("stale: true\n")
+    (out / "best_trial_999.yml").write_text("mine: true\n")  # not a report's: kept
     assert main(["report", str(s.hyper), str(s.model)]) == 0
     pareto = sorted(t.number for t in study.best_trials)
     assert len(pareto) >= 3
     assert sorted(t.number for t in best_trials(study.trials, ["minimize", "maximize"])) == pareto
     names = {p.name for p in out.iterdir()}
-    assert {f"best_trial_{n}.yml" for n in pareto} == {n for n in names if n.startswith("best")}, \
-        "one file per Pareto-optimal trial, and the stale one is gone"
+    assert {f"best_trial_{n}.yml" for n in pareto} | {"best_trial_999.yml"} == {n for n in names if n.startswith("best")}, \
+        "one file per Pareto-optimal trial; a file no report wrote stays"
+    assert (out / "best_trial_999.yml").read_text() == "mine: true\n"
     for n in pareto:
         params = study.trials[n].params
         expected = json.loads(json.dumps(MODEL))

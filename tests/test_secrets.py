@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -103,6 +104,33 @@ def test_local_workers_argv_and_files_hold_no_password(tmp_path: Path, pg_url: s
     assert not _files_holding(s.save_path, needle)
     rows = (s.save_path / "trials.csv").read_text()
     assert "***" in rows, "user code saw the masked URL"
+
+
+@pytest.mark.postgres
+def test_the_optimize_parent_drops_a_set_password_from_its_command_line(tmp_path: Path, pg_url: str) -> None:
+    """With --local the parent runs for the whole search: its own /proc/PID/cmdline (readable by
+    every user) loses the --set password at once (it re-executes itself; same pid), and the
+    search still gets the password (the URL is the only way in)."""
+    url, needle = _password_url(pg_url)
+    s: Search = write_search(tmp_path / "s", objective=SEES_STORAGE, model={"model": {"x": 0.5}, "sleep": 1.0},
+                             extra={"local": {"workers": 1}}, optuna={"n_trials": 3})
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    proc = subprocess.Popen([sys.executable, "-m", "hyper_opt", "optimize", "hyper.yml", "model.yml", "--local",
+                             "--set", "optuna:n_trials=3", "--set", f"optuna:storage={url}"], cwd=s.folder,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent: list[str] = []
+    deadline = time.time() + 90
+    while proc.poll() is None and time.time() < deadline:
+        if [c for c in _worker_cmdlines() if str(s.hyper) in c]:  # its workers run: the parent is past its start
+            with contextlib.suppress(OSError):
+                parent.append(Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert parent, "the parent was never seen while its workers ran"
+    assert not [c for c in parent if needle in c], f"the password is on the parent's command line: {parent[0]}"
+    assert all("optimize hyper.yml model.yml --local --set optuna:n_trials=3" in c for c in parent), parent[0]
+    assert "3/3 finished" in err and needle not in out + err
 
 
 @pytest.mark.slurm

@@ -143,14 +143,28 @@ def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
     assert "Invalid account" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _chosen_python(tmp_path: Path, config, path: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def _chosen_python(tmp_path: Path, config, path: str,  # type: ignore[no-untyped-def]
+                   fallback: str = "/fallback/python") -> subprocess.CompletedProcess[str]:
     from hyper_opt.launch.slurm import PYTHON_VAR, interpreter
 
-    lines, python = interpreter(config.slurm, fallback="/fallback/python")
+    lines, python = interpreter(config.slurm, fallback=fallback)
     script = tmp_path / "choose.sh"
     script.write_text("\n".join([*lines, f"echo {python}"]) + "\n")
-    return subprocess.run(["bash", str(script)], capture_output=True, text=True,
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
                           env={"PATH": path, "HOME": str(tmp_path)}, timeout=60)
+
+
+def test_the_fallback_pythons_path_is_never_run_by_the_shell(tmp_path: Path) -> None:
+    """The job's message about the fallback interpreter names its path: `$(...)` or backquotes
+    in that path are printed, never run."""
+    config = _config(tmp_path)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    (empty / "python").symlink_to("/usr/bin/python3")  # no hyper_opt there: the fallback runs
+    for fallback in ("/opt/py $(touch marker)/python", "/opt/`touch marker`/python", "/opt/a\\nb\"$(touch marker)\"/py"):
+        proc = _chosen_python(tmp_path, config, f"{empty}:/usr/bin:/bin", fallback=fallback)
+        assert not (tmp_path / "marker").exists(), f"the shell ran a command in {fallback!r}"
+        assert proc.stdout.strip() == fallback and fallback in proc.stderr, proc.stderr
 
 
 def test_bash_lines_choose_the_jobs_python_when_it_has_hyper_opt(tmp_path: Path) -> None:

@@ -90,7 +90,8 @@ class Objective(BaseObjective):
 
 @pytest.mark.parametrize("value, why", [(".nan", "val_loss=nan, which is not a finite number"),
                                         (".inf", "val_loss=inf, which is not a finite number"),
-                                        ("'high'", "val_loss='high', which is not a number")])
+                                        ("'high'", "val_loss='high', which is not a number"),
+                                        ("true", "val_loss=True, a boolean, which is not a metric value")])
 def test_a_metric_that_is_not_a_finite_number_fails_the_trial_and_says_why(tmp_path: Path, value: str,
                                                                            why: str) -> None:
     from hyper_opt.results import read_csv

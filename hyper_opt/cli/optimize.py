@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from hyper_opt import secrets
 from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
 
 logger = logging.getLogger("hyper_opt")
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from hyper_opt.storage import describe, with_db_retry
     from hyper_opt.study import best_summary, counts, n_finished, open_study
 
+    secrets.scrub_command_line(args.overrides)  # a --set password leaves this process's argv (re-exec)
+    args.overrides = secrets.take_from_env(args.overrides)
     if args.reload:
         args.overrides.append("optuna:reload=1")
     if args.workers is not None:

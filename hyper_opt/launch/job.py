@@ -52,11 +52,14 @@ def interpreter(spec: SchedulerSpec, *, fallback: str | None = None) -> tuple[li
     if not [*spec.bash, *([spec.kernel] if spec.kernel else [])]:
         return [], shlex.quote(fallback)
     quoted = shlex.quote(fallback)
+    # The path stays outside the double quotes (a quoted word of its own): inside them the shell
+    # would still run a `$(...)` or backquote in it. printf, not echo: no backslash escapes either.
     lines = [
         f'{PYTHON_VAR}="$(command -v python || command -v python3)"',
         f'if [ -z "${PYTHON_VAR}" ] || ! "${PYTHON_VAR}" -c "import hyper_opt, submitit" >/dev/null 2>&1; then',
-        f'  echo "hyper_opt: the python set up by the bash/kernel lines (${{{PYTHON_VAR}:-none on PATH}}) cannot '
-        f'import hyper_opt and submitit; running {quoted} instead (install hyper_opt in that environment, '
+        "  printf '%s\\n' "
+        f'"hyper_opt: the python set up by the bash/kernel lines (${{{PYTHON_VAR}:-none on PATH}}) cannot '
+        f'import hyper_opt and submitit; running "{quoted}" instead (install hyper_opt in that environment, '
         f'or set python: in this section)" >&2',
         f"  {PYTHON_VAR}={quoted}",
         "fi",

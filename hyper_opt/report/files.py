@@ -17,6 +17,9 @@ BEST = "best.yml"
 BEST_PATTERN = "best_trial_{}.yml"  # multi-objective: one per Pareto-optimal trial
 
 
+MANIFEST = ".hyper_opt_report.json"  # what the last report wrote here: the only files a report deletes
+
+
 @dataclass
 class Report:
     """What one report run wrote, and why anything is missing."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import plots as plotting
-from hyper_opt.report.files import BEST, BEST_PATTERN, SUMMARY, TRIALS_CSV, Report
+from hyper_opt.report.files import BEST, BEST_PATTERN, MANIFEST, SUMMARY, TRIALS_CSV, Report
 from hyper_opt.report.summary import _format_params, console_text, summary_markdown
 from hyper_opt.report.drawing import importances_and_plots
 from hyper_opt.trials import best_trials, state_stats
@@ -176,15 +176,37 @@ def _write_best(config: HyperConfig, model: Mapping[str, Any] | None, best: Sequ
 
 
 def _remove_stale(out: Path, written: Sequence[Path]) -> None:
-    """Delete report files an earlier run wrote that this run did not (a Pareto-optimal trial
-    that no longer is, a plot that can no longer be drawn), so that nothing outdated remains."""
+    """Delete the report files an earlier run wrote that this run did not (a Pareto-optimal trial
+    that no longer is, a plot that can no longer be drawn), so that nothing outdated remains; and
+    nothing else. A report never deletes a file it did not write: only what the earlier run's
+    manifest (MANIFEST, in ``out``) lists, under a report file's name, and unchanged since (size
+    and mtime), so a user's own ``best.yml`` in the folder given to ``--out`` stays."""
+    import fnmatch
+    import json
+
+    from hyper_opt.results import atomic_write_text
+
+    names = (TRIALS_CSV, SUMMARY, BEST, *plotting.ALL_FILES, BEST_PATTERN.format("*"))
+    try:
+        earlier = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", {})
+        earlier = earlier if isinstance(earlier, dict) else {}
+    except (OSError, ValueError, AttributeError):  # none (or unreadable): delete nothing
+        earlier = {}
     keep = {p.name for p in written}
-    owned = [out / name for name in (TRIALS_CSV, SUMMARY, BEST, *plotting.ALL_FILES)]
-    owned += list(out.glob(BEST_PATTERN.format("*")))
-    for path in owned:
-        if path.name not in keep:
-            with contextlib.suppress(FileNotFoundError):
+    for name, stamp in earlier.items():
+        if name in keep or not any(fnmatch.fnmatchcase(name, n) for n in names):
+            continue
+        path = out / name
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            if [st.st_size, st.st_mtime_ns] == stamp:
                 path.unlink()
+    stamps = {}
+    for p in written:
+        with contextlib.suppress(FileNotFoundError):
+            st = p.stat()
+            stamps[p.name] = [st.st_size, st.st_mtime_ns]
+    atomic_write_text(out / MANIFEST, json.dumps({"written_by": "hyper-opt report", "files": stamps}, indent=1))
 
 
 # --------------------------------------------------------------------------- summary

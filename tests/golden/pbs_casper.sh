@@ -18,7 +18,7 @@ source ~/.bashrc
 conda activate echo
 HYPER_OPT_PYTHON="$(command -v python || command -v python3)"
 if [ -z "$HYPER_OPT_PYTHON" ] || ! "$HYPER_OPT_PYTHON" -c "import hyper_opt, submitit" >/dev/null 2>&1; then
-  echo "hyper_opt: the python set up by the bash/kernel lines (${HYPER_OPT_PYTHON:-none on PATH}) cannot import hyper_opt and submitit; running <PYTHON> instead (install hyper_opt in that environment, or set python: in this section)" >&2
+  printf '%s\n' "hyper_opt: the python set up by the bash/kernel lines (${HYPER_OPT_PYTHON:-none on PATH}) cannot import hyper_opt and submitit; running "<PYTHON>" instead (install hyper_opt in that environment, or set python: in this section)" >&2
   HYPER_OPT_PYTHON=<PYTHON>
 fi
 
