@@ -162,6 +162,40 @@ def test_projects_pbs_sections_run_on_pbs_pro_with_one_gpu_per_worker(tmp_path: 
     assert "qstat gave no walltime" not in log and "the walltime ends at" in log, log
 
 
+@pytest.mark.parametrize("name", ["gdl_storm_mode", "ptype_physical"])
+def test_legacy_project_files_run_on_pbs_pro(name: str, tmp_path: Path, pbs_cluster: Path) -> None:
+    """Two research projects' own files (tests/fixtures/legacy/: their objective, their SQLite
+    study where they kept it, their pbs section with its conda lines) through OpenPBS's qsub with
+    only the queue changed; ``-v`` hands the job this checkout (PBS passes no environment).
+    Exactly n_trials, one GPU per trial, ``status`` and ``cancel`` on the finished search."""
+    import sys
+
+    from .test_legacy_fixtures import FIXTURES, _copy, _env as legacy_env, _expected, assert_finished
+
+    folder = _copy(name, tmp_path)
+    hyper_file, model_file = FIXTURES[name]
+    env = {**legacy_env(), **_env(pbs_cluster)}
+    passed = f"PYTHONPATH={REPO},KERAS_BACKEND={env['KERAS_BACKEND']}"
+    proc = subprocess.run([sys.executable, "-m", "hyper_opt", "optimize", hyper_file, model_file, "--set",
+                           f"pbs:batch:q={QUEUE}", "--set", f"pbs:batch:v={passed}"],
+                          cwd=folder, env=env, text=True, capture_output=True, timeout=180)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    ids = next(x for x in proc.stdout.splitlines() if x.startswith("submitted ")).split(":", 1)[1].split("(")[0].split()
+    jobs = _wait_finished(pbs_cluster, ids, timeout=420)
+    assert {j: a["Exit_status"] for j, a in jobs.items()} == dict.fromkeys(ids, "0"), jobs
+    assert_finished(folder, name)
+    _, db, _ = _expected(folder, name)
+    url = f"sqlite:///{db}"
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage=url)[0].study_name, storage=url)
+    assert all(re.fullmatch(r"[0-3]", t.user_attrs["cuda_visible_devices"]) for t in study.trials)
+    assert {t.user_attrs["pbs_job_id"] for t in study.trials} <= set(ids)
+    run = {"cwd": folder, "env": env, "text": True, "capture_output": True, "timeout": 180}
+    status = subprocess.run([sys.executable, "-m", "hyper_opt", "status", hyper_file], **run)  # type: ignore[call-overload]
+    assert f"PBS jobs ({len(ids)}):" in status.stdout and "FINISHED (exit 0)" in status.stdout, status.stdout
+    cancel = subprocess.run([sys.executable, "-m", "hyper_opt", "cancel", hyper_file], **run)  # type: ignore[call-overload]
+    assert cancel.returncode == 0 and "no active PBS jobs to cancel" in cancel.stdout, cancel.stdout + cancel.stderr
+
+
 # --------------------------------------------------------------------------- which GPUs a job got
 
 
