@@ -64,7 +64,7 @@ def run_once(url: str, *, trials: int, seconds: float, timeout_s: float = 600, k
         t_submitted = time.time()
         if proc.returncode != 0:
             raise common.RunFailed(f"hyper-opt optimize exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        jobs = json.loads((folder / "search" / "results" / "slurm_jobs.json").read_text())
+        jobs = json.loads((folder / "search" / "results" / "jobs.json").read_text())
         job_id = jobs[0]["job_id"]
         try:
             deadline = time.monotonic() + timeout_s

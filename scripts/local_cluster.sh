@@ -594,6 +594,179 @@ EOF
 
 stop_pgbouncer() { stop_pid pgbouncer "$PGB_PID"; }
 
+# ----------------------------------------------------------------------------- openpbs
+# PBS Pro's open-source edition (OpenPBS), built from ../shared/vendor/ (no registry packages it),
+# beside Slurm: server, scheduler, MoM and comm on loopback, its own datastore on port 15007.
+# Skipped with one line when the vendor sources are absent (a clone elsewhere). docs/local_cluster.md
+PBS_PREFIX=/opt/pbs
+PBS_EXEC=$PBS_PREFIX/bin
+PBS_HOME_DIR=/var/spool/pbs
+PBS_VENDOR_DIR=${HYPER_OPT_PBS_VENDOR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/vendor}
+PBS_BUILD_DIR=$STATE_DIR/openpbs-build
+PBS_QUEUE=workq
+PBS_NGPUS=4
+PBS_NCPUS=64
+PBS_MEM=1tb
+# seconds between a job's SIGTERM and SIGKILL at its walltime or qdel (PBS Pro's default is 10)
+PBS_KILL_DELAY=${HYPER_OPT_PBS_KILL_DELAY:-5}
+PBS_PACKAGES=(gcc make libtool libhwloc-dev libx11-dev libxt-dev libedit-dev libical-dev
+    libncurses-dev perl postgresql-server-dev-all postgresql-contrib python3-dev tcl-dev tk-dev swig
+    libexpat-dev libssl-dev libxext-dev libxft-dev autoconf automake g++ libcjson-dev sendmail-bin
+    sudo expat libedit2 tcl tk)
+
+pbs_tarball() { compgen -G "$PBS_VENDOR_DIR/openpbs-*.tar.gz" | head -n1; }
+pbs_installed() { [ -x "$PBS_EXEC/qsub" ] && [ -x "$PBS_PREFIX/sbin/pbs_server.bin" ]; }
+pbs_qmgr() { "$PBS_EXEC/qmgr" -c "$1"; }
+pbs_server_up() { "$PBS_EXEC/qstat" -Bf >/dev/null 2>&1; }
+
+# Build and install into /opt/pbs from the vendored tarball and its loopback patch (~3 min on 2 cores).
+pbs_build() {
+    local tarball src
+    pbs_installed && return 0
+    tarball=$(pbs_tarball) || die "no openpbs-*.tar.gz in $PBS_VENDOR_DIR"
+    local PACKAGES=("${PBS_PACKAGES[@]}") # install_packages reads PACKAGES (bash scoping is dynamic)
+    install_packages
+    log "building OpenPBS from $tarball (a few minutes; log $LOG_DIR/openpbs-build.log)"
+    rm -rf "$PBS_BUILD_DIR"
+    mkdir -p "$PBS_BUILD_DIR"
+    tar -xzf "$tarball" -C "$PBS_BUILD_DIR"
+    src=$(compgen -G "$PBS_BUILD_DIR/openpbs-*" | head -n1)
+    (
+        cd "$src"
+        patch -p1 <"$PBS_VENDOR_DIR/openpbs-loopback.patch"
+        ./autogen.sh
+        PYTHON=/usr/bin/python3 ./configure --prefix="$PBS_PREFIX"
+        make -j"$(nproc)"
+        make install
+    ) >"$LOG_DIR/openpbs-build.log" 2>&1 ||
+        { show_logs "$LOG_DIR/openpbs-build.log"; die "OpenPBS build failed"; }
+    "$PBS_PREFIX/libexec/pbs_postinstall" >>"$LOG_DIR/openpbs-build.log" 2>&1 ||
+        { show_logs "$LOG_DIR/openpbs-build.log"; die "pbs_postinstall failed"; }
+    rm -rf "$PBS_BUILD_DIR"
+}
+
+# /etc/pbs.conf: one host, everything on loopback under the name localhost
+pbs_write_conf() {
+    local key val
+    [ -f /etc/pbs.conf ] || die "/etc/pbs.conf missing after pbs_postinstall"
+    for key in PBS_SERVER=localhost PBS_START_SERVER=1 PBS_START_SCHED=1 PBS_START_COMM=1 \
+        PBS_START_MOM=1 PBS_MOM_NODE_NAME=localhost PBS_LEAF_NAME=localhost; do
+        val=${key#*=}
+        key=${key%%=*}
+        if grep -q "^$key=" /etc/pbs.conf; then
+            sed -i "s|^$key=.*|$key=$val|" /etc/pbs.conf
+        else
+            echo "$key=$val" >>/etc/pbs.conf
+        fi
+    done
+    chmod 4755 "$PBS_PREFIX/sbin/pbs_iff" "$PBS_PREFIX/sbin/pbs_rcp"
+}
+
+# MoM samples its jobs (and so enforces walltime) every 10-120 s by default: every 1-2 s here,
+# so that a walltime test ends when its walltime does. Job output is copied with cp (one host).
+pbs_write_mom_config() {
+    install -d -m 755 "$PBS_HOME_DIR/mom_priv"
+    if install_file "$PBS_HOME_DIR/mom_priv/config" 644 root:root <<EOF; then
+\$clienthost localhost
+\$usecp *:/ /
+\$min_check_poll 1
+\$max_check_poll 2
+EOF
+        local pid
+        pid=$(tr -dc 0-9 <"$PBS_HOME_DIR/mom_priv/mom.lock" 2>/dev/null || true)
+        if [ -n "$pid" ] && alive "$pid"; then kill -HUP "$pid"; fi
+    fi
+}
+
+# init.d's first start runs pbs_habitat, which creates PBS_HOME and the server's datastore; a
+# server that then is not up (seen once: it exited right after reading its new datastore) is
+# started once with `-t create` (a new, empty configuration, which pbs_configure_server fills).
+pbs_start_daemons() {
+    pbs_write_mom_config
+    if pbs_server_up; then return 0; fi
+    log "starting OpenPBS (comm, MoM, scheduler, server; the first start creates its datastore)"
+    clean_exec /etc/init.d/pbs start </dev/null >>"$LOG_DIR/openpbs-start.log" 2>&1 ||
+        { show_logs "$LOG_DIR/openpbs-start.log"; die "OpenPBS failed to start"; }
+    if ! wait_for 20 "OpenPBS server" pbs_server_up && [ ! -e "$PBS_HOME_DIR/server_priv/.hyper_opt_started" ]; then
+        log "OpenPBS server not up after its first start; starting it with -t create"
+        clean_exec bash -c ". $PBS_PREFIX/libexec/pbs_db_env; echo y | $PBS_PREFIX/sbin/pbs_server -t create" \
+            </dev/null >>"$LOG_DIR/openpbs-start.log" 2>&1 || true
+    fi
+    wait_for "$WAIT_TIMEOUT" "OpenPBS server" pbs_server_up ||
+        { show_logs "$LOG_DIR/openpbs-start.log"; die "OpenPBS server does not answer"; }
+    touch "$PBS_HOME_DIR/server_priv/.hyper_opt_started"
+}
+
+# Node, GPUs, queue, history; idempotent (qmgr `set` of an equal value is a no-op).
+pbs_configure_server() {
+    "$PBS_EXEC/pbsnodes" localhost >/dev/null 2>&1 || pbs_qmgr "create node localhost"
+    pbs_qmgr "list resource ngpus" >/dev/null 2>&1 || pbs_qmgr "create resource ngpus type=long, flag=nh"
+    # NCAR's site resources, so that the research projects' own sections are accepted unchanged:
+    # gpu_type job-wide (its own -l line), cpu_type in a select chunk (neither is scheduled on)
+    pbs_qmgr "list resource gpu_type" >/dev/null 2>&1 || pbs_qmgr "create resource gpu_type type=string"
+    pbs_qmgr "list resource cpu_type" >/dev/null 2>&1 || pbs_qmgr "create resource cpu_type type=string, flag=h"
+    # like the Slurm node: more CPUs and memory than the machine has, so that the projects' selects
+    # (ncpus=64, mem=384GB) fit and several jobs run at once
+    pbs_qmgr "set node localhost resources_available.ngpus=$PBS_NGPUS, resources_available.ncpus=$PBS_NCPUS"
+    pbs_qmgr "set node localhost resources_available.mem=$PBS_MEM, resources_available.cpu_type=milan"
+    pbs_qmgr "list queue $PBS_QUEUE" >/dev/null 2>&1 ||
+        pbs_qmgr "create queue $PBS_QUEUE queue_type=execution"
+    pbs_qmgr "set queue $PBS_QUEUE enabled=true, started=true, kill_delay=$PBS_KILL_DELAY"
+    # a select for more GPUs than the node has is refused by qsub itself (not queued forever)
+    pbs_qmgr "set queue $PBS_QUEUE resources_max.ngpus=$PBS_NGPUS"
+    pbs_qmgr "set server default_queue=$PBS_QUEUE"
+    pbs_qmgr "set server job_history_enable=true"
+    pbs_qmgr "set server acl_roots=root"
+    pbs_qmgr "set server scheduling=true, scheduler_iteration=5"
+    # the scheduler hands out ngpus only when it schedules on it: then exec_vnode shows the job's
+    # GPUs and a job waits while the node's 4 are taken
+    local sched_config=$PBS_HOME_DIR/sched_priv/sched_config pid
+    if ! grep -q '^resources:.*ngpus' "$sched_config"; then
+        sed -i 's/^resources: "\(.*\)"/resources: "\1, ngpus"/' "$sched_config"
+        pid=$(tr -dc 0-9 <"$PBS_HOME_DIR/sched_priv/sched.lock" 2>/dev/null || true)
+        if [ -n "$pid" ] && alive "$pid"; then kill -HUP "$pid"; fi
+    fi
+    local deadline=$((SECONDS + WAIT_TIMEOUT))
+    until "$PBS_EXEC/pbsnodes" localhost 2>/dev/null | grep -Eq 'state = (free|job-busy|job-exclusive)'; do
+        ((SECONDS < deadline)) || { "$PBS_EXEC/pbsnodes" localhost >&2 || true; die "OpenPBS node localhost is not up"; }
+        sleep 0.5
+    done
+}
+
+pbs_up() {
+    if [ -z "$(pbs_tarball)" ] && ! pbs_installed; then
+        log "OpenPBS: no sources in $PBS_VENDOR_DIR and none installed in $PBS_PREFIX; PBS Pro tests will skip"
+        return 0
+    fi
+    pbs_build
+    pbs_write_conf
+    pbs_start_daemons
+    pbs_configure_server
+}
+
+pbs_down() {
+    pbs_installed || return 0
+    if pbs_server_up; then
+        local ids
+        ids=$("$PBS_EXEC/qselect" 2>/dev/null || true)
+        # shellcheck disable=SC2086
+        [ -z "$ids" ] || "$PBS_EXEC/qdel" -W force $ids 2>/dev/null || true
+    fi
+    log "stopping OpenPBS"
+    clean_exec /etc/init.d/pbs stop </dev/null >>"$LOG_DIR/openpbs-start.log" 2>&1 || true
+}
+
+pbs_status() {
+    echo "OpenPBS ($PBS_PREFIX):"
+    if ! pbs_installed; then echo "  not installed"; return 0; fi
+    if pbs_server_up; then "$PBS_EXEC/pbsnodes" -aSj 2>/dev/null | sed 's/^/  /'; else echo "  server not answering"; fi
+}
+
+pbs_env() {
+    pbs_installed || return 0
+    printf 'export HYPER_OPT_TEST_PBS_QSUB=%q\n' "$PBS_EXEC/qsub"
+}
+
 # ----------------------------------------------------------------------------- commands
 cmd_up() {
     need_root up
@@ -609,6 +782,7 @@ cmd_up() {
     start_slurmctld_slurmd
     start_postgres
     start_pgbouncer
+    pbs_up
     log "up: Slurm node $HOST ($(node_state)), partition $PARTITION, PostgreSQL on 127.0.0.1:$PG_PORT, PgBouncer on 127.0.0.1:$PGB_PORT ($((SECONDS - t0))s)"
 }
 
@@ -631,6 +805,7 @@ cmd_down() {
     stop_pid slurmdbd "$SLURMDBD_PID"
     stop_pid mariadbd "$MYSQL_PID"
     stop_pid munged "$MUNGE_PID"
+    pbs_down
     stop_pgbouncer
     stop_postgres
     log "down"
@@ -670,6 +845,7 @@ cmd_status() {
     fi
     echo "PgBouncer (127.0.0.1:$PGB_PORT, transaction pooling):"
     if pgb_ready; then echo "  accepting connections"; else echo "  not answering"; fi
+    pbs_status
     echo "Logs: $LOG_DIR"
     return $rc
 }
@@ -678,6 +854,7 @@ cmd_env() {
     printf 'export HYPER_OPT_TEST_PG_URL=%q\n' "postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
     printf 'export HYPER_OPT_TEST_PGBOUNCER_URL=%q\n' "postgresql://$PG_USER@127.0.0.1:$PGB_PORT/$PG_DB"
     printf 'export PGPASSWORD=%q\n' "$PG_PASSWORD"
+    pbs_env
 }
 
 usage() {
@@ -692,6 +869,8 @@ env) cmd_env ;;
 purge) cmd_purge ;;
 pg-stop) need_root pg-stop; stop_postgres ;;   # fault injection: the database goes away
 pg-start) need_root pg-start; start_postgres ;;
+pbs-up) need_root pbs-up; lock; mkdir -p "$LOG_DIR"; pbs_up ;;     # OpenPBS only (Slurm untouched)
+pbs-down) need_root pbs-down; lock; pbs_down ;;
 -h | --help | help) usage ;;
 *)
     usage >&2

@@ -149,3 +149,27 @@ def slurm_cluster() -> str:
     if proc.returncode != 0 or not proc.stdout.strip():
         _service_missing(f"Slurm ({proc.stderr.strip()})")
     return proc.stdout.split()[0]
+
+
+# OpenPBS (PBS Pro's open-source edition), built by scripts/local_cluster.sh from ../shared/vendor/.
+PBS_VENDOR = Path(os.environ.get("HYPER_OPT_PBS_VENDOR") or REPO.parent / "shared" / "vendor")
+
+
+@pytest.fixture(scope="session")
+def pbs_cluster() -> Path:
+    """The local OpenPBS server; returns the folder of its qsub/qstat/qdel (from
+    ``HYPER_OPT_TEST_PBS_QSUB``, which ``scripts/local_cluster.sh env`` exports). Slurm's torque
+    wrapper stays first on PATH, so a test names this folder (``HYPER_OPT_PBS_BIN``) to use it.
+
+    Where the OpenPBS sources are absent (a clone without ../shared/vendor/) it skips, in CI too:
+    the server cannot be built there; anywhere else a server that does not answer is a missing
+    service (skipped, failed in CI)."""
+    qsub = Path(os.environ.get("HYPER_OPT_TEST_PBS_QSUB") or "/opt/pbs/bin/qsub")
+    if not qsub.exists() and not any(PBS_VENDOR.glob("openpbs-*.tar.gz")):
+        pytest.skip(f"OpenPBS tests skipped: no OpenPBS sources in {PBS_VENDOR} to build the server from")
+    if not qsub.exists():
+        _service_missing(f"OpenPBS ({qsub} missing)")
+    proc = subprocess.run([str(qsub.parent / "qstat"), "-B"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        _service_missing(f"OpenPBS ({(proc.stdout + proc.stderr).strip()})")
+    return qsub.parent

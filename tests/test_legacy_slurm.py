@@ -72,7 +72,7 @@ def test_legacy_fixture_runs_as_slurm_jobs(name: str, tmp_path: Path, slurm_clus
                    and (p.suffix in (".out", ".err") or p.name.endswith(("_log.out", "_log.err"))))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs[-6000:]}"
     assert_finished(folder, name)
-    assert (save_path / "slurm_jobs.json").is_file()
+    assert (save_path / "jobs.json").is_file()
 
 
 # fixture -> what the local cluster needs: its queue (PBS's -q) instead of NCAR's "casper"

@@ -61,7 +61,7 @@ def _study(s: Search, pg_url: str) -> optuna.Study:
 
 
 def _job_ids(s: Search) -> list[str]:
-    return [j["job_id"] for j in json.loads((s.save_path / "slurm_jobs.json").read_text())
+    return [j["job_id"] for j in json.loads((s.save_path / "jobs.json").read_text())
             if j["scheduler"] == "pbs"]
 
 
@@ -123,7 +123,7 @@ def test_a_refusal_by_the_real_qsub_is_one_clear_error(tmp_path: Path, pg_url: s
     proc = s.cli("optimize", "hyper.yml", "model.yml")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "qsub refused the job" in proc.stderr and "Invalid --mem specification" in proc.stderr
-    assert not (s.save_path / "slurm_jobs.json").exists(), "nothing was submitted"
+    assert not (s.save_path / "jobs.json").exists(), "nothing was submitted"
 
 
 def test_gpu_jobs_status_and_cancel(tmp_path: Path, pg_url: str, torque_qsub: str) -> None:

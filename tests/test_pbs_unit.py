@@ -15,11 +15,13 @@ from hyper_opt.config import load_config
 from hyper_opt.exceptions import ConfigError
 from hyper_opt.launch import pbs
 from hyper_opt.launch.job import plan_workers, worker_argv
-from hyper_opt.launch.pbs_env import deadline_from_attrs, parse_qstat_full, walltime_seconds
+from hyper_opt.launch.pbs_env import deadline_from_attrs, host_gpus, parse_qstat_full, walltime_seconds
 
 from .conftest import write_search
 
 GOLDEN = Path(__file__).parent / "golden"
+# Captured from OpenPBS 23.06.06 (PBS Pro's open-source edition) in the local cluster.
+QSTAT_F_RUNNING, JOB_RUNNING = "qstat_f_openpbs-23.06.06_running.txt", "1.localhost"
 
 # The echo-opt torch example's own pbs section (NCAR Casper).
 CASPER = {"jobs": 1, "tasks_per_worker": 1, "gpus_per_node": 1, "bash": ["source ~/.bashrc", "conda activate echo"],
@@ -72,6 +74,7 @@ def _normalise(text: str, config) -> str:  # type: ignore[no-untyped-def]
 def test_job_script_matches_the_golden_file(tmp_path: Path, name: str, section: dict, kwargs: dict,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYPER_OPT_CWD", str(tmp_path / "s"))  # where the search was started
+    monkeypatch.delenv("HYPER_OPT_PBS_BIN", raising=False)
     config = _config(tmp_path, section)
     text = _normalise(pbs.job_script(config, **kwargs), config)
     if os.environ.get("HYPER_OPT_UPDATE_GOLDEN"):
@@ -180,25 +183,36 @@ def test_walltimes() -> None:
 
 
 def test_qstat_full_of_a_running_pbs_pro_job() -> None:
-    jobs = parse_qstat_full((GOLDEN / "qstat_f_pbspro_running.txt").read_text())
-    job = jobs["4158733.casper-pbs"]
-    assert job["job_state"] == "R" and job["Resource_List.walltime"] == "12:00:00"
-    assert job["Resource_List.select"] == "1:ncpus=8:ngpus=1:mem=64GB:gpu_type=v100"
-    assert "PBS_O_WORKDIR=/glade/work/jdoe/echo/torch," in job["Variable_List"], "wrapped lines are joined"
-    assert "/envs/echo/bin:/usr/local/bin:/usr/bin," in job["Variable_List"]
-    assert job["comment"].endswith("mem=67108864kb)")
-    start = time.mktime(time.strptime("Tue Mar 12 09:15:02 2024", "%a %b %d %H:%M:%S %Y"))
-    assert deadline_from_attrs(job) == start + 43200, "start time + walltime"
+    jobs = parse_qstat_full((GOLDEN / QSTAT_F_RUNNING).read_text())
+    job = jobs[JOB_RUNNING]
+    assert job["job_state"] == "R" and job["Resource_List.walltime"] == "00:00:20"
+    assert job["Resource_List.select"] == "1:ncpus=2:ngpus=2"
+    assert job["exec_vnode"] == "(localhost:ncpus=2:ngpus=2)" and host_gpus(job) == 2
+    assert "PBS_O_WORKDIR=/tmp/openpbs," in job["Variable_List"], "wrapped lines are joined"
+    assert ":/root/.pyenv/plugins/pyenv-virtualenv/shims:" in job["Variable_List"], "a wrap inside a word"
+    start = time.mktime(time.strptime("Wed Dec  2 17:42:23 2026", "%a %b %d %H:%M:%S %Y"))
+    assert deadline_from_attrs(job) == start + 20, "start time + walltime"
     no_stime = {k: v for k, v in job.items() if k != "stime"}
-    assert deadline_from_attrs(no_stime, now=1000.0) == 1000.0 + 43200 - (42 * 60 + 13), "walltime - used"
+    assert deadline_from_attrs(no_stime, now=1000.0) == 1000.0 + 20 - 1, "walltime - used"
     assert deadline_from_attrs({"job_state": "Q"}) is None
 
 
-def test_qstat_x_full_of_finished_jobs_and_an_array() -> None:
-    jobs = parse_qstat_full((GOLDEN / "qstat_xf_pbspro_finished.txt").read_text())
-    assert set(jobs) == {"4158730[].casper-pbs", "4158731.casper-pbs"}
-    assert jobs["4158730[].casper-pbs"]["array_indices_submitted"] == "0-3"
-    assert jobs["4158731.casper-pbs"]["Exit_status"] == "271"
+def test_qstat_x_full_of_finished_jobs_a_walltime_kill_and_an_array() -> None:
+    jobs = parse_qstat_full((GOLDEN / "qstat_xf_openpbs-23.06.06_finished.txt").read_text())
+    assert set(jobs) == {"0.localhost", "1.localhost", "2[].localhost"}
+    assert {j: a["job_state"] for j, a in jobs.items()} == dict.fromkeys(jobs, "F")
+    assert jobs["0.localhost"]["Exit_status"] == "0"
+    assert jobs["0.localhost"]["comment"].endswith("on (localhost:ncpus=2) and finished"), "a wrap inside a word"
+    killed = jobs["1.localhost"]
+    assert killed["Exit_status"] == "-29", "PBS Pro's status of a job killed at its walltime"
+    assert killed["comment"].endswith("(localhost:ncpus=2:ngpus=2) and exceeded resource walltime"), \
+        "a wrap before a space keeps the space"
+    array = jobs["2[].localhost"]
+    assert array["array"] == "True" and array["array_indices_submitted"] == "0-1"
+    assert array["Output_Path"] == "localhost:/tmp/openpbs/arr.o2.^array_index^"
+    subjobs = parse_qstat_full((GOLDEN / "qstat_xft_openpbs-23.06.06_array.txt").read_text())
+    assert list(subjobs) == ["2[].localhost", "2[0].localhost", "2[1].localhost"]
+    assert subjobs["2[1].localhost"]["exec_vnode"] == "(localhost:ncpus=1:ngpus=1)"
 
 
 def test_qstat_full_of_slurms_torque_wrapper() -> None:
@@ -206,6 +220,42 @@ def test_qstat_full_of_slurms_torque_wrapper() -> None:
             "\tResource_List.walltime = 00:02:00\n\tResource_List.ncpus = 2\n\n")
     job = parse_qstat_full(text)["5"]
     assert job["job_state"] == "C" and job["Resource_List.walltime"] == "00:02:00"
+
+
+def test_gpus_of_a_job_without_cuda_visible_devices() -> None:
+    from hyper_opt.launch.pbs_env import fill_gpus, host_gpus
+
+    two = {"exec_host": "gpu01/0*2", "exec_vnode": "(gpu01:ncpus=2:ngpus=2)", "Resource_List.ngpus": "2"}
+    assert host_gpus(two) == 2
+    chunks = {"exec_host": "n1/0*8+n2/0*8", "exec_vnode": "(n1[0]:ngpus=1)+(n1[1]:ncpus=8:ngpus=2)+(n2:ngpus=4)",
+              "Resource_List.ngpus": "7"}
+    assert host_gpus(chunks) == 3, "only the first host's chunks: the workers run there"
+    assert host_gpus({"exec_vnode": "(n1:ncpus=8)", "Resource_List.select": "1:ncpus=8:ngpus=2+1:ngpus=1"}) == 2, \
+        "the scheduler does not allocate ngpus: the first chunk asked for"
+    cpu_job = parse_qstat_full((GOLDEN / "qstat_xf_openpbs-23.06.06_cpu_job_walltime.txt").read_text())
+    [attrs] = cpu_job.values()
+    assert attrs["Resource_List.ngpus"] == "4" and attrs["Resource_List.select"] == "1:ncpus=1"
+    assert host_gpus(attrs) is None, "the job-wide ngpus came from the queue's resources_max, not the job"
+    env: dict[str, str] = {}
+    warning = fill_gpus(env, two)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and "set no CUDA_VISIBLE_DEVICES" in (warning or "")
+    env = {"CUDA_VISIBLE_DEVICES": "GPU-aa"}
+    assert fill_gpus(env, two) is None and env["CUDA_VISIBLE_DEVICES"] == "GPU-aa", "the hook's choice is kept"
+    env = {}
+    assert fill_gpus(env, attrs) is None and "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_pbs_commands_can_come_from_a_folder_not_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyper_opt.launch.pbs_env import command
+
+    bin_dir = tmp_path / "pbs_bin"
+    _fake(bin_dir, "qstat", "exit 0\n")
+    assert command("qstat", {"HYPER_OPT_PBS_BIN": str(bin_dir), "PATH": "/nowhere"}) == str(bin_dir / "qstat")
+    assert command("qdel", {"HYPER_OPT_PBS_BIN": str(bin_dir), "PATH": os.environ["PATH"]}) is None
+    assert command("qstat", {"PATH": str(bin_dir)}) == str(bin_dir / "qstat")
+    monkeypatch.setenv("HYPER_OPT_PBS_BIN", str(bin_dir))
+    script = pbs.job_script(_config(tmp_path, CASPER))
+    assert f"export HYPER_OPT_PBS_BIN={bin_dir}" in script, "the job asks the same installation"
 
 
 def test_job_ids_from_qsub() -> None:
@@ -251,7 +301,7 @@ def test_submission_writes_the_script_and_records_the_job(tmp_path: Path) -> Non
     assert "--job-index 1" in script and "#PBS -q casper" in script
     import json
 
-    record = json.loads((s.save_path / "slurm_jobs.json").read_text())
+    record = json.loads((s.save_path / "jobs.json").read_text())
     assert [(r["job_id"], r["scheduler"]) for r in record] == [("4158733.casper-pbs", "pbs"), ("4158734.casper-pbs", "pbs")]
 
 
@@ -336,29 +386,65 @@ def test_dry_run_labels_gpu_workers_from_select_and_gres(tmp_path: Path) -> None
 def test_status_and_cancel_through_fake_qstat_and_qdel(tmp_path: Path) -> None:
     s = write_search(tmp_path / "s", extra={"pbs": CASPER}, optuna={"n_trials": 2})
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
-    running = (GOLDEN / "qstat_f_pbspro_running.txt")
-    _fake(bin_dir, "qsub", "echo 4158733.casper-pbs\n")
+    running = GOLDEN / QSTAT_F_RUNNING
+    _fake(bin_dir, "qsub", f"echo {JOB_RUNNING}\n")
     _fake(bin_dir, "qstat", f'echo "qstat $*" >> {calls}\nif [ -e {tmp_path}/deleted ]; then\n'
                             f'  sed "s/job_state = R/job_state = F/" {running}\nelse\n  cat {running}\nfi\n')
     _fake(bin_dir, "qdel", f'echo "qdel $*" >> {calls}\ntouch {tmp_path}/deleted\n')
     s.cli("optimize", "hyper.yml", "model.yml", check=True, env=_env(bin_dir))
     status = s.cli("status", "hyper.yml", check=True, env=_env(bin_dir))
     assert "PBS jobs (1):" in status.stdout and "RUNNING" in status.stdout
-    assert "walltime used 00:42:13 of 12:00:00" in status.stdout
+    assert "walltime used 00:00:01 of 00:00:20" in status.stdout
     cancel = s.cli("cancel", "hyper.yml", check=True, env=_env(bin_dir))
-    assert "cancelled 1 PBS job(s): 4158733.casper-pbs" in cancel.stdout
-    assert "qdel 4158733.casper-pbs" in calls.read_text()
-    assert "qstat -x -f 4158733.casper-pbs" in calls.read_text()
+    assert f"cancelled 1 PBS job(s): {JOB_RUNNING}" in cancel.stdout
+    assert f"qdel {JOB_RUNNING}" in calls.read_text()
+    assert f"qstat -x -f {JOB_RUNNING}" in calls.read_text()
+
+
+def test_jobs_recorded_in_the_old_slurm_jobs_json_are_still_known(tmp_path: Path) -> None:
+    # A study started before the record belonged to no scheduler: its jobs are in slurm_jobs.json
+    # (Slurm's entries without "scheduler"). status and cancel still find them; new ones go to jobs.json.
+    import json
+
+    s = write_search(tmp_path / "s", extra={"pbs": CASPER}, optuna={"n_trials": 2})
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    running = GOLDEN / QSTAT_F_RUNNING
+    _fake(bin_dir, "qsub", "echo 4158734.casper-pbs\n")
+    deleted = tmp_path / "deleted"
+    _fake(bin_dir, "qstat", f'echo "qstat $*" >> {calls}\nif [ -e {deleted} ]; then\n'
+                            f'  sed "s/job_state = R/job_state = F/" {running}\nelse\n  cat {running}\nfi\n')
+    _fake(bin_dir, "qdel", f'echo "qdel $*" >> {calls}\ntouch {deleted}\n')
+    for name in ("sacct", "squeue", "scancel"):  # never the real Slurm's job 77
+        _fake(bin_dir, name, f'echo "{name} $*" >> {calls}\n')
+    s.save_path.mkdir(parents=True)
+    study = s.hyper_config()["optuna"]["study_name"]
+    old = [{"job_id": "77", "submitted": "2025-01-01T00:00:00", "folder": "x", "study": study},
+           {"job_id": JOB_RUNNING, "submitted": "2025-01-01T00:00:01", "folder": "y", "study": study,
+            "scheduler": "pbs"}]
+    (s.save_path / "slurm_jobs.json").write_text(json.dumps(old))
+    s.cli("optimize", "hyper.yml", "model.yml", check=True, env=_env(bin_dir))
+    new = json.loads((s.save_path / "jobs.json").read_text())
+    assert [j["job_id"] for j in new] == ["4158734.casper-pbs"], "new jobs go to jobs.json only"
+    assert json.loads((s.save_path / "slurm_jobs.json").read_text()) == old, "the old file is left as it was"
+    config, _ = load_config(s.hyper, s.model)
+    from hyper_opt.launch.records import recorded_jobs
+
+    assert [j["job_id"] for j in recorded_jobs(config, "slurm")] == ["77"]
+    assert [j["job_id"] for j in recorded_jobs(config, "pbs")] == [JOB_RUNNING, "4158734.casper-pbs"]
+    status = s.cli("status", "hyper.yml", check=True, env=_env(bin_dir))
+    assert "PBS jobs (2):" in status.stdout and JOB_RUNNING in status.stdout
+    s.cli("cancel", "hyper.yml", env=_env(bin_dir))
+    assert f"qdel {JOB_RUNNING}" in calls.read_text() and "scancel 77" in calls.read_text()
 
 
 def test_job_deadline_from_qstat_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hyper_opt.launch.pbs_env import job_deadline
 
     bin_dir = tmp_path / "bin"
-    _fake(bin_dir, "qstat", f'[ "$1 $2" = "-f 4158733.casper-pbs" ] && cat {GOLDEN / "qstat_f_pbspro_running.txt"}\n')
+    _fake(bin_dir, "qstat", f'[ "$1 $2" = "-f {JOB_RUNNING}" ] && cat {GOLDEN / QSTAT_F_RUNNING}\n')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    start = time.mktime(time.strptime("Tue Mar 12 09:15:02 2024", "%a %b %d %H:%M:%S %Y"))
-    assert job_deadline({"PBS_JOBID": "4158733.casper-pbs"}) == start + 43200
+    start = time.mktime(time.strptime("Wed Dec  2 17:42:23 2026", "%a %b %d %H:%M:%S %Y"))
+    assert job_deadline({"PBS_JOBID": JOB_RUNNING, "PATH": os.environ["PATH"]}) == start + 20
     assert job_deadline({}) is None
 
 

@@ -209,26 +209,27 @@ def test_a_job_whose_workers_all_fail_fails(tmp_path: Path) -> None:
         main()
 
 
-def test_slurm_jobs_json_keeps_every_concurrent_record_and_a_corrupt_one_is_named(tmp_path: Path) -> None:
+def test_jobs_json_keeps_every_concurrent_record_and_a_corrupt_one_is_named(tmp_path: Path) -> None:
     import threading
 
     from hyper_opt.config import load_config
     from hyper_opt.exceptions import SubmissionError
-    from hyper_opt.launch.slurm import JOBS_FILE, record_jobs, recorded_jobs
+    from hyper_opt.launch.records import JOBS_FILE, record_jobs, recorded_jobs
 
     from .conftest import write_search
 
     s = write_search(tmp_path / "s")
     config, _ = load_config(s.hyper, s.model)
-    threads = [threading.Thread(target=record_jobs, args=(config, [str(i)], tmp_path)) for i in range(16)]
+    threads = [threading.Thread(target=record_jobs, args=(config, [str(i)], tmp_path), kwargs={"scheduler": "slurm"})
+               for i in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(int(j["job_id"]) for j in recorded_jobs(config)) == list(range(16))
+    assert sorted(int(j["job_id"]) for j in recorded_jobs(config, "slurm")) == list(range(16))
     (config.save_path / JOBS_FILE).write_text("{not json")
-    with pytest.raises(SubmissionError, match="slurm_jobs.json cannot be read"):
-        recorded_jobs(config)
+    with pytest.raises(SubmissionError, match="jobs.json cannot be read"):
+        recorded_jobs(config, "slurm")
 
 
 def test_sqlite_for_cluster_jobs_gets_a_warning_pointing_elsewhere(tmp_path: Path) -> None:

@@ -154,6 +154,16 @@ def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyp
         print(f"database   {'WARNING: ' if verdict.level == 'warn' else ''}{verdict.text}")
 
 
+def submit_command(scheduler: str) -> str | None:
+    """The path of the scheduler's submit command: sbatch on PATH; qsub in ``$HYPER_OPT_PBS_BIN``
+    when set, else on PATH (:func:`hyper_opt.launch.pbs_env.command`)."""
+    import shutil
+
+    from hyper_opt.launch.pbs_env import command
+
+    return command("qsub") if scheduler == "pbs" else shutil.which(SUBMIT_COMMANDS[scheduler])
+
+
 def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) -> str | None:  # type: ignore[no-untyped-def]
     """Which scheduler submits the jobs: None to run here (``--local``, or no slurm/pbs section).
 
@@ -163,7 +173,6 @@ def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) 
     ``qsub`` is Slurm's own torque wrapper), and when both or neither are, it asks. ``--dry-run``
     needs no submit command.
     """
-    import shutil
 
     from hyper_opt.exceptions import SubmissionError
 
@@ -181,11 +190,11 @@ def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) 
     elif len(present) == 1:
         chosen = present[0]
     else:
-        on_path = [name for name in present if shutil.which(SUBMIT_COMMANDS[name])]
+        on_path = [name for name in present if submit_command(name)]
         if len(on_path) == 2:
             from hyper_opt.launch.pbs import _is_slurm_wrapper
 
-            if _is_slurm_wrapper(shutil.which("qsub") or ""):  # Slurm's own qsub: the cluster is Slurm
+            if _is_slurm_wrapper(submit_command("pbs") or ""):  # Slurm's own qsub: the cluster is Slurm
                 on_path = ["slurm"]
         if len(on_path) != 1:
             found = "both sbatch and qsub are" if on_path else "neither sbatch nor qsub is"
@@ -194,7 +203,7 @@ def choose_scheduler(config, *, local: bool, wanted: str | None, dry_run: bool) 
         chosen = on_path[0]
         logger.info("both slurm and pbs sections: using %s (%s is on PATH)", chosen, SUBMIT_COMMANDS[chosen])
     command = SUBMIT_COMMANDS[chosen]
-    if not dry_run and shutil.which(command) is None:
+    if not dry_run and submit_command(chosen) is None:
         raise SubmissionError(f"the {chosen} section asks for {chosen} jobs, but {command} is not on PATH: "
                               f"run this on a {chosen.upper() if chosen == 'pbs' else 'Slurm'} login node, "
                               "or pass --local to run the search on this machine")

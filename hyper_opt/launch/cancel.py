@@ -26,11 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.launch.slurm import job_states, recorded_jobs
+    from hyper_opt.launch.records import recorded_jobs
+    from hyper_opt.launch.slurm import job_states
     from hyper_opt.study import open_study
 
     config, _ = load_from_args(args)
-    jobs = [j["job_id"] for j in recorded_jobs(config)]
+    jobs = [j["job_id"] for j in recorded_jobs(config, "slurm")]
     pbs_jobs = [j["job_id"] for j in recorded_jobs(config, "pbs")]
     if not jobs and not pbs_jobs:
         print("no Slurm or PBS jobs recorded for this study")
@@ -99,7 +100,9 @@ def fail_trials_of_ended_jobs(opened, *, max_retry: int) -> list[int]:  # type: 
         from hyper_opt.launch.slurm import job_states
 
         ended.update({j: s for j, s in job_states(slurm_ids).items() if s in ENDED_SLURM})
-    if pbs_ids and shutil.which("qstat"):
+    from hyper_opt.launch.pbs_env import command
+
+    if pbs_ids and command("qstat"):
         from hyper_opt.launch.pbs import job_states as pbs_job_states
 
         ended.update({j: s for j, s in pbs_job_states(pbs_ids).items() if s in ENDED_PBS})

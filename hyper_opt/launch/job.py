@@ -193,15 +193,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of a PBS job script: deadline from the job's walltime, then :func:`run_job`."""
-    from hyper_opt.launch.pbs_env import job_deadline, job_id
+    import hyper_opt
+    from hyper_opt.launch.pbs_env import command, fill_gpus, job_attrs, job_deadline, job_id
 
     args = _parser().parse_args(argv)
     started = time.time()
     env = dict(os.environ)
-    deadline = job_deadline(env)
-    if deadline is None and args.walltime:
+    print(f"hyper_opt job: {sys.executable}, hyper_opt from {os.path.dirname(hyper_opt.__file__)}", flush=True)
+    attrs = job_attrs(env)
+    deadline = job_deadline(env, attrs)
+    if deadline is not None:
+        print(f"hyper_opt job: the walltime ends at {deadline:.0f} ({time.ctime(deadline)})", flush=True)
+    elif args.walltime:
         deadline = started + args.walltime  # the job started a little earlier: keep a margin
-        print(f"hyper_opt job: qstat gave no walltime; assuming {args.walltime} s from now", flush=True)
+        print(f"hyper_opt job: qstat ({command('qstat', env) or 'none found'}) gave no walltime for "
+              f"{env.get('PBS_JOBID') or 'this job'}; assuming {args.walltime} s from now", flush=True)
+    warning = fill_gpus(env, attrs)
+    if warning is None and args.gpus_per_node and not visible_gpus(env):
+        warning = (f"WARNING: gpus_per_node is {args.gpus_per_node} but PBS gave this job no GPU "
+                   "(no ngpus in its select, no CUDA_VISIBLE_DEVICES): its workers run on the CPU")
+    if warning:
+        print(f"hyper_opt job: {warning}", flush=True)
     array_index = env.get("PBS_ARRAY_INDEX", "")
     job_index = int(array_index) if array_index.isdigit() else args.job_index
     codes = run_job(hyper_path=args.hyper, model_path=args.model, overrides=args.overrides, job_index=job_index,

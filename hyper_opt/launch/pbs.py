@@ -9,16 +9,17 @@ which runs ``gpus_per_node x tasks_per_worker`` workers, each with one of the jo
 (:mod:`hyper_opt.launch.job`, shared with Slurm). ``jobs`` separate jobs, or one array
 (``pbs.array: true``, ``#PBS -J 0-N``).
 
-Job ids go to the same ``save_path/slurm_jobs.json`` as Slurm's (``"scheduler": "pbs"``);
+Job ids go to the same ``save_path/jobs.json`` as Slurm's (``"scheduler": "pbs"``,
+:mod:`hyper_opt.launch.records`);
 ``status`` reads them with ``qstat -x -f``, ``cancel`` ends them with ``qdel``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,8 @@ from typing import Any
 
 from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
-from hyper_opt.launch.pbs_env import parse_qstat_full, walltime_seconds
+from hyper_opt.launch.pbs_env import BIN_ENV, command, parse_qstat_full, walltime_seconds
+from hyper_opt.launch.records import record_jobs, recorded_jobs
 from hyper_opt.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -230,6 +232,8 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
               "# Slurm jobs do (the objective's relative paths and imports mean the same everywhere)",
               f"export {CWD_ENV}={shlex.quote(str(working_directory()))}",
               f'cd "${CWD_ENV}"']
+    if os.environ.get(BIN_ENV):  # PBS's commands are not first on PATH: the job asks the same ones
+        lines.append(f"export {BIN_ENV}={shlex.quote(os.environ[BIN_ENV])}")
     setup = [*spec.bash, *([spec.kernel] if spec.kernel else [])]
     choose, python = interpreter(spec)
     if setup:
@@ -300,12 +304,11 @@ def parse_job_id(stdout: str) -> str | None:
 def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) -> list[str]:
     """Write the job script(s), ``qsub`` them (only as many jobs as the remaining budget needs),
     record and print their ids."""
-    from hyper_opt.launch.slurm import record_jobs
-
     spec = _spec(config)
-    qsub = shutil.which("qsub")
+    qsub = command("qsub")
     if qsub is None:
-        raise SubmissionError("qsub is not on PATH: run on a PBS login node, or pass --local to run "
+        where = f"not in ${BIN_ENV}" if os.environ.get(BIN_ENV) else "not on PATH"
+        raise SubmissionError(f"qsub is {where}: run on a PBS login node, or pass --local to run "
                               "the search on this machine")
     opts = directives(config)
     n_jobs = _jobs_needed(config, remaining if remaining is not None else config.optuna.n_trials)
@@ -346,10 +349,11 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
 def qstat_jobs(ids: Sequence[str]) -> dict[str, dict[str, str]]:
     """``qstat -x -f`` of these jobs (``-x``: finished ones too), falling back to ``qstat -f``
     where ``-x`` is unknown (Torque, Slurm's wrapper); ids missing from the answer are left out."""
-    if not ids or shutil.which("qstat") is None:
+    qstat = command("qstat")
+    if not ids or qstat is None:
         return {}
     found: dict[str, dict[str, str]] = {}
-    for argv in (["qstat", "-x", "-f", *ids], ["qstat", "-f", *ids]):
+    for argv in ([qstat, "-x", "-f", *ids], [qstat, "-f", *ids]):
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except (subprocess.SubprocessError, OSError) as err:
@@ -378,8 +382,6 @@ def job_states(ids: Sequence[str]) -> dict[str, str]:
 
 
 def job_state_lines(config: HyperConfig) -> list[str]:
-    from hyper_opt.launch.slurm import recorded_jobs
-
     jobs = recorded_jobs(config, "pbs")
     if not jobs:
         return ["no PBS jobs recorded for this study"]
@@ -401,13 +403,14 @@ def job_state_lines(config: HyperConfig) -> list[str]:
 
 def cancel_jobs(ids: Sequence[str], *, wait_s: float = 60.0) -> list[str]:
     """``qdel`` the jobs qstat does not show as finished; wait until they are gone. Returns them."""
-    if shutil.which("qdel") is None:
+    qdel = command("qdel")
+    if qdel is None:
         raise SubmissionError("qdel is not on PATH: run this on a PBS login node")
     states = job_states(ids)
     active = [j for j, s in states.items() if s in ACTIVE_STATES or s == "?"]
     if not active:
         return []
-    proc = subprocess.run(["qdel", *active], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([qdel, *active], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         said = (proc.stdout + proc.stderr).strip()
         gone = [j for j, s in job_states(active).items() if s not in ACTIVE_STATES]

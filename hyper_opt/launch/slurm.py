@@ -9,14 +9,12 @@ worker. Each job runs :class:`JobMain`: ``gpus_per_node x tasks_per_worker`` wor
 Slurm gave the job (or CPU workers when it gave none). Jobs stop by themselves when the study is
 full or their wall time would not fit another trial.
 
-The ids of submitted jobs are appended to ``<save_path>/slurm_jobs.json`` for ``status`` and
-``cancel``.
+The ids of submitted jobs are appended to ``<save_path>/jobs.json`` (:mod:`hyper_opt.launch.records`,
+shared with PBS) for ``status`` and ``cancel``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 import re
@@ -32,9 +30,9 @@ from hyper_opt import secrets
 from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.slurm_env import time_limit_seconds  # noqa: F401 - re-exported
+from hyper_opt.launch.records import record_jobs, recorded_jobs
 from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
                                   visible_gpus)
-from hyper_opt.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +48,6 @@ DEFAULT_TIME = "12:00:00"
 _TIME = re.compile(r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?B?$", re.I)
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-JOBS_FILE = "slurm_jobs.json"
 
 
 def sbatch_parameters(config: HyperConfig) -> dict[str, Any]:
@@ -288,48 +285,11 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as err:
         raise SubmissionError(f"sbatch refused the job: {str(err).strip()}") from err
     ids = [str(j.job_id) for j in jobs]
-    record_jobs(config, ids, Path(executor.folder))
+    record_jobs(config, ids, Path(executor.folder), scheduler="slurm")
     print(f"submitted {len(ids)} Slurm job(s): {' '.join(ids)} ({spec.workers_per_job} worker(s) each)")
     print(f"job logs and submitit files: {executor.folder}")
     print(f"follow it with: hyper-opt status {config.hyper_path}")
     return ids
-
-
-def record_jobs(config: HyperConfig, ids: Sequence[str], folder: Path, *, scheduler: str = "slurm") -> None:
-    """Append submitted job ids to ``save_path/slurm_jobs.json`` (Slurm's and PBS's jobs alike),
-    read-modify-written under a file lock: two ``optimize`` runs at once must not drop each
-    other's jobs."""
-    import fcntl
-
-    path = config.save_path / JOBS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(JOBS_FILE + ".lock"), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        data = _read_jobs(path)
-        now = dt.datetime.now().isoformat(timespec="seconds")
-        data += [{"job_id": i, "submitted": now, "folder": str(folder), "study": config.optuna.study_name,
-                  "scheduler": scheduler} for i in ids]
-        atomic_write_text(path, json.dumps(data, indent=2))
-
-
-def _read_jobs(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as err:
-        raise SubmissionError(f"{path} cannot be read ({err}); it lists the study's jobs: fix it, "
-                              "or move it away to forget them") from None
-    if not isinstance(data, list) or not all(isinstance(j, dict) and "job_id" in j for j in data):
-        raise SubmissionError(f"{path} is not a list of jobs; fix it, or move it away to forget them")
-    return data
-
-
-def recorded_jobs(config: HyperConfig, scheduler: str | None = "slurm") -> list[dict[str, Any]]:
-    """This study's recorded jobs of one scheduler (all of them with ``scheduler=None``)."""
-    return [j for j in _read_jobs(config.save_path / JOBS_FILE)
-            if j.get("study", config.optuna.study_name) == config.optuna.study_name
-            and scheduler in (None, j.get("scheduler", "slurm"))]
 
 
 def job_states(ids: Sequence[str]) -> dict[str, str]:
@@ -354,7 +314,7 @@ def job_states(ids: Sequence[str]) -> dict[str, str]:
 
 
 def job_state_lines(config: HyperConfig) -> list[str]:
-    jobs = recorded_jobs(config)
+    jobs = recorded_jobs(config, "slurm")
     if not jobs:
         return ["no Slurm jobs recorded for this study"]
     states = job_states([j["job_id"] for j in jobs])
