@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.heartbeat import Heartbeat
 from hyper_opt.loader import instantiate
 from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
@@ -83,40 +84,6 @@ class WorkerReport:
     trials: list[int] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
     stop: Stop | None = None
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds; survives database outages.
-
-    The first beat is normally recorded by the claim itself (under the budget lock, right after
-    the trial is created), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
-    retried like every storage call. ``__exit__`` is safe whether or not the thread started."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: int, *, beat_now: bool = True,
-                 retry_seconds: float = 600.0) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._beat_now, self._retry_seconds = beat_now, retry_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hyper_opt-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as err:  # the next beat tries again
-                logger.warning("heartbeat failed: %s", str(err).splitlines()[0] if str(err) else err)
-
-    def __enter__(self) -> _Heartbeat:
-        if self._beat_now:
-            with_db_retry(lambda: self._storage.record_heartbeat(self._trial_id),
-                          seconds=self._retry_seconds, what="recording the trial's first heartbeat")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:  # never started: __enter__ failed
-            self._thread.join()
 
 
 def run_context() -> dict[str, str]:
@@ -375,7 +342,7 @@ class Worker:
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
-        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
+        heartbeat = (Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
                                 retry_seconds=self.config.optuna.db_retry_seconds)
                      if self.config.optuna.heartbeat_interval else None)
         try:
