@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -54,6 +55,8 @@ CONNECTIONS_PER_WORKER = 1
 WORKER_APPLICATION_NAME = "hyper_opt-worker"
 COMMAND_APPLICATION_NAME = "hyper_opt"
 WORKER_POOL_TIMEOUT_S = 120  # a storage call waits this long for the worker's one connection
+# Tests and benchmarks shorten the wait for the worker's one connection (seconds); see pool_timeout().
+POOL_TIMEOUT_ENV = "HYPER_OPT_POOL_TIMEOUT_S"
 
 
 def application_name(role: str, study_name: str) -> str:
@@ -76,6 +79,17 @@ def driver_connect_args(url: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an unknown driver: leave its defaults
         return {}
     return {"prepare_threshold": None} if driver == "psycopg" else {}
+
+
+def pool_timeout(db_retry_seconds: float) -> float:
+    """How long one storage call of a worker waits for its one connection, held by its other
+    thread (a heartbeat on a stalled server, say): WORKER_POOL_TIMEOUT_S, at most the retry window
+    ``db_retry_seconds`` (at least 5 s), or ``$HYPER_OPT_POOL_TIMEOUT_S`` (tests). The wait ends in
+    SQLAlchemy's pool ``TimeoutError``, which :func:`with_db_retry` retries like an outage."""
+    given = os.environ.get(POOL_TIMEOUT_ENV)
+    if given:
+        return float(given)
+    return float(min(WORKER_POOL_TIMEOUT_S, max(db_retry_seconds, 5.0)))
 
 
 def describe(spec: StorageSpec) -> str:
@@ -139,7 +153,7 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
                                              **driver_connect_args(st.url or "")}  # PgBouncer: docs/scale.md
             if worker:
                 engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
-                                     pool_timeout=WORKER_POOL_TIMEOUT_S)
+                                     pool_timeout=pool_timeout(spec.db_retry_seconds))
     one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
@@ -237,6 +251,8 @@ def _verdict_of(err: BaseException) -> tuple[str, str] | None:
 
     if isinstance(err, (ConnectionError, TimeoutError)):
         return RETRY, "the database server is unreachable"
+    if isinstance(err, sqlalchemy.exc.TimeoutError):  # the pool's: the connection is stuck on a stalled server
+        return RETRY, "the database server does not answer"
     if isinstance(err, OSError):
         reason = _OS_REFUSE.get(err.errno or -1)
         return (REFUSE, reason) if reason else None

@@ -165,6 +165,7 @@ class Worker:
         device = trial_device(self.config.optuna.gpu)
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested
+        objective._db_retry_seconds = self.config.optuna.db_retry_seconds
         logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,
                     self.config.optuna.study_name, device, os.getpid())
         self._seed_durations(opened)

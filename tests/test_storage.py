@@ -82,6 +82,31 @@ def test_sqlite_database_is_locked_is_retried_until_the_lock_goes(tmp_path: Path
     holder.close()
 
 
+def test_the_pool_timeout_of_a_stalled_server_is_retried() -> None:
+    """A worker's one connection held by its other thread on a stalled server: the pool's
+    TimeoutError (wrapped by optuna) is waited out, not turned into a FAIL (issue 21, item 2)."""
+    import optuna
+    import sqlalchemy.exc
+
+    pool = sqlalchemy.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached, connection timed out, timeout 2.00")
+    try:
+        try:
+            raise pool
+        except sqlalchemy.exc.TimeoutError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert diagnose(wrapped)[0] == RETRY
+    calls = []
+
+    def stalled_once() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise pool
+        return len(calls)
+
+    assert with_db_retry(stalled_once, seconds=30, what="reporting step 3") == 2
+
+
 def test_full_and_read_only_disks_are_refused_not_retried() -> None:
     import errno
 
