@@ -141,7 +141,8 @@ class BaseObjective:
 
     def update_config(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every parameter and return a patched deep copy of the model config."""
-        space.suggest_all(trial, self._parameters)
+        with_db_retry(lambda: space.suggest_all(trial, self._parameters), seconds=self._db_retry_seconds,
+                      what="suggesting the trial's parameters")  # a parameter suggested again keeps its value
         conf = space.patch(self.config, self._parameters, trial.params)
         if self._custom_updates is not None:
             updated = self._custom_updates(trial, conf)
@@ -175,7 +176,8 @@ class BaseObjective:
         results = self.train(trial, conf)
         values = self.values(results)
         extra = {str(k): _jsonable(v) for k, v in results.items()}
-        trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None})
+        with_db_retry(lambda: trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None}),
+                      seconds=self._db_retry_seconds, what="recording the trial's metrics")
         return values
 
 

@@ -247,7 +247,8 @@ class Worker:
         return statistics.quantiles(recent, n=10)[-1] * 1.2
 
     def _seed_durations(self, opened: Opened) -> None:
-        self._durations.extend(recent_durations(opened, 50))
+        self._durations.extend(with_db_retry(lambda: recent_durations(opened, 50), what="reading recent trials",
+                                             seconds=self.config.optuna.db_retry_seconds))
 
     def _scan_stale(self, opened: Opened) -> None:
         """Fail stale trials (optuna's heartbeat check) and RUNNING trials that never beat; their
@@ -328,7 +329,12 @@ class Worker:
             return result
         trial_id, origin = result
         built = time.perf_counter()
-        trial = make_trial(opened, trial_id)
+
+        def build() -> optuna.Trial:  # committed: the trial is RUNNING with a heartbeat whatever happens here
+            failpoints.hit("building_trial")
+            return make_trial(opened, trial_id)
+
+        trial = with_db_retry(build, seconds=spec.db_retry_seconds, what=f"building trial {trial_id}")
         if self.timing is not None:
             self.timing.append({**timing, "claim_s": built - claim_started,
                                 "trial_built_s": time.perf_counter() - built})
@@ -355,7 +361,7 @@ class Worker:
                     raise Interrupted("worker interrupted before the trial started")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
-                failpoints.hit("in_train")
+                failpoints.hit("in_train", fail_trial=lambda: self._fail_elsewhere(opened, trial_id))
                 values = objective(trial)
             finally:
                 self._in_trial = False
@@ -406,12 +412,15 @@ class Worker:
         def tell() -> optuna.trial.FrozenTrial:
             failpoints.hit("in_tell")
             if error is not None:
-                trial.set_user_attr("error", error[-8000:])
+                try:
+                    trial.set_user_attr("error", error[-8000:])
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # failed meanwhile by another process (cancel, --reload, a stale scan): tell says so
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)
 
-        failpoints.hit("before_tell")
+        failpoints.hit("before_tell", fail_trial=lambda: self._fail_elsewhere(opened, trial_id))
         try:
             frozen = with_db_retry(tell, seconds=seconds, what=f"recording trial {trial.number}")
         except StorageError:
@@ -435,6 +444,15 @@ class Worker:
                          "(%s); 'hyper-opt report' rebuilds the table from the study", self.worker_index,
                          trial.number, err)
         return frozen
+
+    @staticmethod
+    def _fail_elsewhere(opened: Opened, trial_id: int) -> None:
+        """The failpoints' ``failed``: mark the trial FAIL behind the worker's back, as ``cancel``,
+        ``--reload`` or another worker's stale scan do."""
+        import optuna
+
+        opened.storage.set_trial_user_attr(trial_id, "error", "failed by another process (failpoint)")
+        opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
         """Keep a result the database never received, so that it is not lost."""
