@@ -154,6 +154,7 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
             if worker:
                 engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
                                      pool_timeout=pool_timeout(spec.db_retry_seconds))
+    _init_schema(st.url or "", engine_kwargs.get("connect_args", {}))
     one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
@@ -168,6 +169,67 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
     if one_connection:
         _check_schema(storage, st)
     return storage
+
+
+# What a process that lost the race to create optuna's tables sees: another one created them first.
+_SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key")
+SCHEMA_INIT_TRIES = 20
+
+
+def _init_schema(url: str, connect_args: dict[str, Any]) -> None:
+    """Create optuna's tables in a new database, on one connection, so that any number of
+    processes may open it at once.
+
+    optuna does this in ``RDBStorage()`` on every open, and on a new database it fails two ways:
+    it holds a connection while it asks for a second one (``_is_alembic_supported``), which a
+    worker's one-connection pool never gives (a 120-s wait, then ``TimeoutError``); and processes
+    that open a new database at once collide (``UNIQUE constraint failed: alembic_version``,
+    ``duplicate key`` on PostgreSQL). So the schema is created here first, by a throwaway storage
+    on one connection that optuna's nested uses share (``StaticPool``); a process that loses the
+    race (one of the errors above) finds the winner's tables and stops. A database already set up
+    (optuna's ``alembic_version`` stamped: its last step) costs one query."""
+    import optuna
+    import sqlalchemy
+    from sqlalchemy.pool import StaticPool
+
+    for attempt in range(SCHEMA_INIT_TRIES):
+        engine = sqlalchemy.create_engine(url, poolclass=StaticPool, connect_args=connect_args)
+        try:
+            with engine.connect() as conn:
+                if _schema_ready(conn):
+                    return
+                one = conn.connection.driver_connection  # kept open by the StaticPool until dispose()
+            with quiet_experimental():  # its engine shares that connection: closed with ours, whatever happens
+                optuna.storages.RDBStorage(url, skip_compatibility_check=True, engine_kwargs={
+                    "poolclass": StaticPool, "creator": lambda: one})
+            return
+        except Exception as err:
+            if not _lost_schema_race(err) or attempt == SCHEMA_INIT_TRIES - 1:
+                raise
+            logger.debug("another process is creating the tables of %s: %s", mask_url(url), _first_line(err))
+        finally:
+            engine.dispose()
+        time.sleep(0.05 * (attempt + 1))
+
+
+def _schema_ready(conn: Any) -> bool:
+    import sqlalchemy
+
+    try:
+        return bool(conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM alembic_version")).scalar())
+    except Exception as err:
+        if diagnose(err) is not None:  # an outage or a refusal, not a missing table
+            raise
+        return False
+
+
+def _lost_schema_race(err: BaseException | None) -> bool:
+    seen = 0
+    while err is not None and seen < 10:
+        if any(needle in str(err).lower() for needle in _SCHEMA_RACE):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _check_schema(storage: Any, st: StorageSpec) -> None:
