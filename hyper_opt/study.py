@@ -350,11 +350,16 @@ def trial_store(study: optuna.Study) -> Any:
     return getattr(study, "_storage")
 
 
-def start_trial(opened: Opened, *, waiting: bool) -> tuple[int, int | None]:
+def start_trial(opened: Opened, *, waiting: bool, owner: dict[str, Any] | None = None) -> tuple[int, int | None]:
     """What ``Study.ask`` does in the storage, without building the ``optuna.Trial`` (where the
     sampler runs): pop the first WAITING trial (set RUNNING, which fails if another process got
     it first) when ``waiting`` says there are some, else create a new RUNNING trial. Returns the
-    trial id and, for a re-queued copy, the number of the trial it retries."""
+    trial id and, for a re-queued copy, the number of the trial it retries.
+
+    ``owner``: user attributes (the worker's run context) that a new trial is created with, in
+    the same write: where the claim is no transaction (the journal storage, with no heartbeat),
+    a worker killed right after creating it leaves a trial whose owner is known, which
+    ``optimize`` fails once that worker is gone."""
     import optuna
 
     store = trial_store(opened.study)
@@ -368,6 +373,9 @@ def start_trial(opened: Opened, *, waiting: bool) -> tuple[int, int | None]:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             return trial_id, frozen.system_attrs.get("failed_trial")
+    if owner:
+        template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=owner)
+        return store.create_new_trial(opened.study_id, template_trial=template), None
     return store.create_new_trial(opened.study_id), None
 
 

@@ -279,6 +279,7 @@ class Worker:
         def attempt() -> tuple[int, int | None] | Stop | None:
             TS = optuna.trial.TrialState
             created = False
+            made: list[int] = []
             started = time.perf_counter()
             try:
                 with opened.lock.transaction(opened.storage) as conn:
@@ -294,7 +295,9 @@ class Worker:
                         # Only wait where a dead worker's trial can go stale and be retried.
                         return None if spec.heartbeat_interval else Stop.BUDGET
                     created = True
-                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0)
+                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0,
+                                                   owner=None if atomic else self._owner())
+                    made.append(trial_id)
                     failpoints.hit("after_ask")
                     failpoints.hit("before_heartbeat")
                     if spec.heartbeat_interval:
@@ -308,6 +311,9 @@ class Worker:
                 if created and atomic:  # rolled back: optuna's cache may hold a trial that is not there
                     with contextlib.suppress(Exception):
                         reload_study(opened)
+                if made and not atomic:  # committed, never ran: fail it now (a retry makes another)
+                    with contextlib.suppress(Exception):
+                        self._fail_elsewhere(opened, made[0], "the worker's claim failed after creating it")
                 raise
 
         if due and atomic:
@@ -397,7 +403,7 @@ class Worker:
     @staticmethod
     def _start_bookkeeping(opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
         """Record where the trial runs (and which trial a retried copy retries): one statement."""
-        attrs: dict[str, Any] = {k: v for k, v in run_context().items() if v != ""}  # no Slurm job, no GPU
+        attrs: dict[str, Any] = Worker._owner()  # no Slurm job, no GPU: left out
         if origin is not None:
             attrs["retry_of"] = origin  # same parameters, same checkpoint folder
         set_user_attrs(opened, trial_id, attrs, conn)
@@ -446,13 +452,17 @@ class Worker:
         return frozen
 
     @staticmethod
-    def _fail_elsewhere(opened: Opened, trial_id: int) -> None:
-        """The failpoints' ``failed``: mark the trial FAIL behind the worker's back, as ``cancel``,
-        ``--reload`` or another worker's stale scan do."""
+    def _fail_elsewhere(opened: Opened, trial_id: int, why: str = "failed by another process (failpoint)") -> None:
+        """Mark a trial FAIL with ``why`` as its error. The failpoints' ``failed`` does it behind
+        the worker's back, as ``cancel``, ``--reload`` or another worker's stale scan do."""
         import optuna
 
-        opened.storage.set_trial_user_attr(trial_id, "error", "failed by another process (failpoint)")
+        opened.storage.set_trial_user_attr(trial_id, "error", why)
         opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+    @staticmethod
+    def _owner() -> dict[str, Any]:
+        return {k: v for k, v in run_context().items() if v != ""}
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
         """Keep a result the database never received, so that it is not lost."""

@@ -138,7 +138,7 @@ def test_faults_on_postgresql(tmp_path: Path, pg_url: str, point: str, action: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point, action", [("in_train", "kill"), ("in_tell", "dbdown"), ("in_train", "failed")])
+@pytest.mark.parametrize("point, action", [("in_train", "kill"), ("after_ask", "dbdown"), ("in_train", "failed")])
 def test_faults_on_the_journal_storage(tmp_path: Path, point: str, action: str) -> None:
     check_invariants(run_case(tmp_path / "s", point, action, storage=JOURNAL))
 
