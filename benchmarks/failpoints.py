@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--storage", choices=("sqlite", "postgres", JOURNAL), default="sqlite")
     parser.add_argument("--points", default=",".join(POINTS))
     parser.add_argument("--actions", default=",".join(ACTIONS))
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds a case may take before it counts as a hang (a loaded machine is slow)")
     args = parser.parse_args()
     url = {"postgres": os.environ.get("HYPER_OPT_TEST_PG_URL"), JOURNAL: JOURNAL}.get(args.storage)
     if args.storage == "postgres" and not url:
@@ -67,9 +69,9 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    o = run_case(Path(tmp) / "s", point, action, storage=url)
+                    o = run_case(Path(tmp) / "s", point, action, storage=url, timeout=args.timeout)
                 except subprocess.TimeoutExpired:
-                    print(f"| `{point}` | {action} | - | optimize did not end in 150 s | - | VIOLATED |", flush=True)
+                    print(f"| `{point}` | {action} | - | optimize did not end in {args.timeout:.0f} s | - | VIOLATED |", flush=True)
                     continue
             print(f"| `{point}` | {action} | {o['finished']}/{N_TRIALS} / {o['running']} / "
                   f"{len(o['missing_csv'])} | {describe(o)} | {o['seconds']} | {verdict(o)} |", flush=True)

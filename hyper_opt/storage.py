@@ -172,7 +172,7 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
 
 
 # What a process that lost the race to create optuna's tables sees: another one created them first.
-_SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key")
+_SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key", "duplicate entry")  # MySQL: entry
 SCHEMA_INIT_TRIES = 20
 
 

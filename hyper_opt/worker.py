@@ -311,9 +311,9 @@ class Worker:
                 if created and atomic:  # rolled back: optuna's cache may hold a trial that is not there
                     with contextlib.suppress(Exception):
                         reload_study(opened)
-                if made and not atomic:  # committed, never ran: fail it now (a retry makes another)
+                if made and not atomic:  # committed, never ran: fail and re-queue it now, as a stale scan would
                     with contextlib.suppress(Exception):
-                        self._fail_elsewhere(opened, made[0], "the worker's claim failed after creating it")
+                        self._abandon(opened, made[0])
                 raise
 
         if due and atomic:
@@ -459,6 +459,14 @@ class Worker:
 
         opened.storage.set_trial_user_attr(trial_id, "error", why)
         opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+    def _abandon(self, opened: Opened, trial_id: int) -> None:
+        """A trial the claim started but could not finish starting (it never ran): FAIL, and a
+        WAITING copy within optuna:max_retry, as a stale scan does later where there is one."""
+        self._fail_elsewhere(opened, trial_id, "the worker's claim failed after starting it")
+        callback = requeue_callback(opened.storage, self.config.optuna.max_retry)
+        if callback is not None:
+            callback(opened.study, opened.storage.get_trial(trial_id))
 
     @staticmethod
     def _owner() -> dict[str, Any]:
