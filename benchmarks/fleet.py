@@ -189,6 +189,7 @@ class Server:
     direct_url: str  # the PostgreSQL server itself (study creation, counts, polling)
     admin_url: str | None  # PgBouncer's console (SHOW POOLS), or None without a pooler
     max_connections: int | None = None
+    data_dir: Path | None = None  # a throwaway server's data folder (benchmarks/soak.py restarts it)
 
 
 @contextlib.contextmanager
@@ -223,7 +224,7 @@ def throwaway_postgres(max_connections: int = 100, *, pgbouncer: bool = False,
         subprocess.run([*psql, "-c", f"CREATE ROLE fleet LOGIN PASSWORD '{password}'"], check=True, capture_output=True)
         subprocess.run([*psql, "-c", "CREATE DATABASE fleet OWNER fleet"], check=True, capture_output=True)
         direct = f"postgresql://fleet:{password}@127.0.0.1:{port}/fleet"
-        server = Server(url=direct, direct_url=direct, admin_url=None, max_connections=max_connections)
+        server = Server(url=direct, direct_url=direct, admin_url=None, max_connections=max_connections, data_dir=data)
         if pgbouncer:
             secret = subprocess.run([*psql, "-tA", "-c", "SELECT rolpassword FROM pg_authid WHERE rolname = 'fleet'"],
                                     check=True, capture_output=True, text=True).stdout.strip()

@@ -29,8 +29,10 @@ from typing import Any
 
 from benchmarks import common
 
-SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report", "search")
-QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report")  # search: ~28 CPU-minutes even in quick mode; --only search
+SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report", "search",
+            "soak")
+# search: ~28 CPU-minutes even in quick mode (--only search); soak: 4 minutes quick, 30 full (--only soak)
+QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report")
 # section name -> module in benchmarks/ (where they differ)
 MODULES = {"profile": "profile_worker", "slurm": "slurm_start", "search": "search_efficiency",
            "workers": "many_workers", "lock": "lock_hold", "report": "bench_report"}
@@ -196,4 +198,7 @@ TEMPLATE = """# Benchmarks
 
 <!-- BEGIN search -->
 <!-- END search -->
+
+<!-- BEGIN soak -->
+<!-- END soak -->
 """

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -412,15 +412,20 @@ class _BindableSessions:
     ``storage.scoped_session()``, commits, and closes it): while a thread has bound a connection
     (:func:`bind_session`), its calls get a Session on that connection, joined with a SAVEPOINT,
     so that their commits do not end the caller's transaction; other threads (the heartbeat)
-    and unbound calls get optuna's own sessions."""
+    and unbound calls get optuna's own sessions, after ``before_use`` (when set) has run on the
+    calling thread (hyper_opt.heartbeat: a beat that is due, taken by the trial's own calls)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._local = threading.local()
+        self.before_use: Callable[[], None] | None = None
 
     def __call__(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            hook = self.before_use
+            if hook is not None:
+                hook()
             return self._inner()
         from sqlalchemy.orm import Session
 
@@ -430,12 +435,19 @@ class _BindableSessions:
         return getattr(self._inner, name)
 
 
+def session_factory(storage: Any) -> _BindableSessions:
+    """The session factory of an optuna ``RDBStorage``, made bindable (installed once; a storage
+    unpickled drops it)."""
+    found = storage.scoped_session
+    if not isinstance(found, _BindableSessions):
+        found = storage.scoped_session = _BindableSessions(found)
+    return found
+
+
 @contextlib.contextmanager
 def bind_session(storage: Any, conn: Any) -> Iterator[None]:
     """Run optuna's calls on ``storage`` made in this thread inside ``conn``'s transaction."""
-    sessions = storage.scoped_session
-    if not isinstance(sessions, _BindableSessions):  # installed once (a storage unpickled drops it)
-        sessions = storage.scoped_session = _BindableSessions(sessions)
+    sessions = session_factory(storage)
     previous = getattr(sessions._local, "conn", None)
     sessions._local.conn = conn
     try:

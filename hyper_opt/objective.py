@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt import space
 from hyper_opt.exceptions import Interrupted, MetricMissingError, MetricValueError, ObjectiveError
+from hyper_opt.storage import with_db_retry
 
 if TYPE_CHECKING:
     import optuna
@@ -65,6 +66,7 @@ class BaseObjective:
         self._parameters: Sequence[ParameterSpec] = ()
         self._custom_updates: CustomUpdates | None = None
         self._stop_event: Any = None  # set by the worker: a threading.Event, set when the job ends
+        self._db_retry_seconds = 600.0  # set by the worker: optuna:db_retry_seconds, for report's storage calls
         self._metrics: tuple[str, ...] = (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
 
     # ------------------------------------------------------------------ for users
@@ -82,10 +84,11 @@ class BaseObjective:
         """
         import optuna
 
-        trial.report(float(value), step)
+        seconds = self._db_retry_seconds
+        with_db_retry(lambda: trial.report(float(value), step), seconds=seconds, what=f"reporting step {step}")
         if self._stop_event is not None and self._stop_event.is_set():
             raise Interrupted(f"the job is ending; trial stopped at step {step}, to be resumed")
-        if trial.should_prune():
+        if with_db_retry(trial.should_prune, seconds=seconds, what=f"asking the pruner at step {step}"):
             raise optuna.TrialPruned(f"pruned at step {step} with value {float(value):.6g}")
 
     def checkpoint_path(self, trial: optuna.Trial) -> Path:
@@ -138,7 +141,8 @@ class BaseObjective:
 
     def update_config(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every parameter and return a patched deep copy of the model config."""
-        space.suggest_all(trial, self._parameters)
+        with_db_retry(lambda: space.suggest_all(trial, self._parameters), seconds=self._db_retry_seconds,
+                      what="suggesting the trial's parameters")  # a parameter suggested again keeps its value
         conf = space.patch(self.config, self._parameters, trial.params)
         if self._custom_updates is not None:
             updated = self._custom_updates(trial, conf)
@@ -175,7 +179,8 @@ class BaseObjective:
         results = self.train(trial, conf)
         values = self.values(results)
         extra = {str(k): _jsonable(v) for k, v in results.items()}
-        trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None})
+        with_db_retry(lambda: trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None}),
+                      seconds=self._db_retry_seconds, what="recording the trial's metrics")
         return values
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -54,6 +55,8 @@ CONNECTIONS_PER_WORKER = 1
 WORKER_APPLICATION_NAME = "hyper_opt-worker"
 COMMAND_APPLICATION_NAME = "hyper_opt"
 WORKER_POOL_TIMEOUT_S = 120  # a storage call waits this long for the worker's one connection
+# Tests and benchmarks shorten the wait for the worker's one connection (seconds); see pool_timeout().
+POOL_TIMEOUT_ENV = "HYPER_OPT_POOL_TIMEOUT_S"
 
 
 def application_name(role: str, study_name: str) -> str:
@@ -76,6 +79,17 @@ def driver_connect_args(url: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an unknown driver: leave its defaults
         return {}
     return {"prepare_threshold": None} if driver == "psycopg" else {}
+
+
+def pool_timeout(db_retry_seconds: float) -> float:
+    """How long one storage call of a worker waits for its one connection, held by its other
+    thread (a heartbeat on a stalled server, say): WORKER_POOL_TIMEOUT_S, at most the retry window
+    ``db_retry_seconds`` (at least 5 s), or ``$HYPER_OPT_POOL_TIMEOUT_S`` (tests). The wait ends in
+    SQLAlchemy's pool ``TimeoutError``, which :func:`with_db_retry` retries like an outage."""
+    given = os.environ.get(POOL_TIMEOUT_ENV)
+    if given:
+        return float(given)
+    return float(min(WORKER_POOL_TIMEOUT_S, max(db_retry_seconds, 5.0)))
 
 
 def describe(spec: StorageSpec) -> str:
@@ -139,7 +153,8 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
                                              **driver_connect_args(st.url or "")}  # PgBouncer: docs/scale.md
             if worker:
                 engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
-                                     pool_timeout=WORKER_POOL_TIMEOUT_S)
+                                     pool_timeout=pool_timeout(spec.db_retry_seconds))
+    _init_schema(st.url or "", engine_kwargs.get("connect_args", {}))
     one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
@@ -154,6 +169,67 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
     if one_connection:
         _check_schema(storage, st)
     return storage
+
+
+# What a process that lost the race to create optuna's tables sees: another one created them first.
+_SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key", "duplicate entry")  # MySQL: entry
+SCHEMA_INIT_TRIES = 20
+
+
+def _init_schema(url: str, connect_args: dict[str, Any]) -> None:
+    """Create optuna's tables in a new database, on one connection, so that any number of
+    processes may open it at once.
+
+    optuna does this in ``RDBStorage()`` on every open, and on a new database it fails two ways:
+    it holds a connection while it asks for a second one (``_is_alembic_supported``), which a
+    worker's one-connection pool never gives (a 120-s wait, then ``TimeoutError``); and processes
+    that open a new database at once collide (``UNIQUE constraint failed: alembic_version``,
+    ``duplicate key`` on PostgreSQL). So the schema is created here first, by a throwaway storage
+    on one connection that optuna's nested uses share (``StaticPool``); a process that loses the
+    race (one of the errors above) finds the winner's tables and stops. A database already set up
+    (optuna's ``alembic_version`` stamped: its last step) costs one query."""
+    import optuna
+    import sqlalchemy
+    from sqlalchemy.pool import StaticPool
+
+    for attempt in range(SCHEMA_INIT_TRIES):
+        engine = sqlalchemy.create_engine(url, poolclass=StaticPool, connect_args=connect_args)
+        try:
+            with engine.connect() as conn:
+                if _schema_ready(conn):
+                    return
+                one = conn.connection.driver_connection  # kept open by the StaticPool until dispose()
+            with quiet_experimental():  # its engine shares that connection: closed with ours, whatever happens
+                optuna.storages.RDBStorage(url, skip_compatibility_check=True, engine_kwargs={
+                    "poolclass": StaticPool, "creator": lambda: one})
+            return
+        except Exception as err:
+            if not _lost_schema_race(err) or attempt == SCHEMA_INIT_TRIES - 1:
+                raise
+            logger.debug("another process is creating the tables of %s: %s", mask_url(url), _first_line(err))
+        finally:
+            engine.dispose()
+        time.sleep(0.05 * (attempt + 1))
+
+
+def _schema_ready(conn: Any) -> bool:
+    import sqlalchemy
+
+    try:
+        return bool(conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM alembic_version")).scalar())
+    except Exception as err:
+        if diagnose(err) is not None:  # an outage or a refusal, not a missing table
+            raise
+        return False
+
+
+def _lost_schema_race(err: BaseException | None) -> bool:
+    seen = 0
+    while err is not None and seen < 10:
+        if any(needle in str(err).lower() for needle in _SCHEMA_RACE):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _check_schema(storage: Any, st: StorageSpec) -> None:
@@ -260,6 +336,8 @@ def _verdict_of(err: BaseException) -> tuple[str, str] | None:
 
     if isinstance(err, (ConnectionError, TimeoutError)):
         return RETRY, "the database server is unreachable"
+    if isinstance(err, sqlalchemy.exc.TimeoutError):  # the pool's: the connection is stuck on a stalled server
+        return RETRY, "the database server does not answer"
     if isinstance(err, OSError):
         if err.errno in _OS_RETRY:
             return RETRY, _OS_RETRY[err.errno]

@@ -73,8 +73,6 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     ``reload`` is set; otherwise :class:`StudyExistsError` says how to continue or replace it.
     ``replace`` deletes an existing study first, refusing while any trial is RUNNING.
     """
-    import optuna
-
     spec = config.optuna
     claim_save_path(config, write=False)
     if (check_reload and spec.reload_explicit and spec.storage.path is not None
@@ -83,6 +81,21 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     storage = with_db_retry(lambda: make_storage(spec, worker=worker),
                             seconds=spec.db_retry_seconds if create else 30, what="opening the study storage")
     lock = BudgetLock(spec)
+    # Under the retry: a connection error here (on PostgreSQL, in the one transaction) is waited
+    # out like any other storage call, not a worker that dies at its start.
+    study, study_id = with_db_retry(
+        lambda: _create_or_load(config, storage, lock, create=create, check_reload=check_reload, replace=replace,
+                                worker_index=worker_index),
+        seconds=spec.db_retry_seconds if create else 30, what="opening the study")
+    return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+
+
+def _create_or_load(config: HyperConfig, storage: Any, lock: BudgetLock, *, create: bool, check_reload: bool,
+                    replace: bool, worker_index: int) -> tuple[optuna.Study, int]:
+    """open_study's work under the budget lock (on PostgreSQL one transaction): the study and its id."""
+    import optuna
+
+    spec = config.optuna
     with lock.transaction(storage) as conn:
         exists = study_exists(storage, spec.study_name)
         if exists and (check_reload or replace):
@@ -132,8 +145,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
             logger.info("enqueued %d trial(s) from optuna:enqueue", len(spec.enqueue))
         if create:
             claim_save_path(config, write=True)
-    study_id = storage.get_study_id_from_name(spec.study_name)
-    return Opened(study=study, storage=storage, lock=lock, study_id=study_id)
+    return study, storage.get_study_id_from_name(spec.study_name)
 
 
 class NoLock:
@@ -338,11 +350,16 @@ def trial_store(study: optuna.Study) -> Any:
     return getattr(study, "_storage")
 
 
-def start_trial(opened: Opened, *, waiting: bool) -> tuple[int, int | None]:
+def start_trial(opened: Opened, *, waiting: bool, owner: dict[str, Any] | None = None) -> tuple[int, int | None]:
     """What ``Study.ask`` does in the storage, without building the ``optuna.Trial`` (where the
     sampler runs): pop the first WAITING trial (set RUNNING, which fails if another process got
     it first) when ``waiting`` says there are some, else create a new RUNNING trial. Returns the
-    trial id and, for a re-queued copy, the number of the trial it retries."""
+    trial id and, for a re-queued copy, the number of the trial it retries.
+
+    ``owner``: user attributes (the worker's run context) that a new trial is created with, in
+    the same write: where the claim is no transaction (the journal storage, with no heartbeat),
+    a worker killed right after creating it leaves a trial whose owner is known, which
+    ``optimize`` fails once that worker is gone."""
     import optuna
 
     store = trial_store(opened.study)
@@ -356,6 +373,9 @@ def start_trial(opened: Opened, *, waiting: bool) -> tuple[int, int | None]:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             return trial_id, frozen.system_attrs.get("failed_trial")
+    if owner:
+        template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=owner)
+        return store.create_new_trial(opened.study_id, template_trial=template), None
     return store.create_new_trial(opened.study_id), None
 
 

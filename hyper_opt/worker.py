@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.heartbeat import Heartbeat
 from hyper_opt.loader import instantiate
 from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
@@ -83,40 +84,6 @@ class WorkerReport:
     trials: list[int] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
     stop: Stop | None = None
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds; survives database outages.
-
-    The first beat is normally recorded by the claim itself (under the budget lock, right after
-    the trial is created), so that no trial is ever RUNNING without one; ``beat_now`` records one here too,
-    retried like every storage call. ``__exit__`` is safe whether or not the thread started."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: int, *, beat_now: bool = True,
-                 retry_seconds: float = 600.0) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._beat_now, self._retry_seconds = beat_now, retry_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hyper_opt-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as err:  # the next beat tries again
-                logger.warning("heartbeat failed: %s", str(err).splitlines()[0] if str(err) else err)
-
-    def __enter__(self) -> _Heartbeat:
-        if self._beat_now:
-            with_db_retry(lambda: self._storage.record_heartbeat(self._trial_id),
-                          seconds=self._retry_seconds, what="recording the trial's first heartbeat")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:  # never started: __enter__ failed
-            self._thread.join()
 
 
 def run_context() -> dict[str, str]:
@@ -198,6 +165,7 @@ class Worker:
         device = trial_device(self.config.optuna.gpu)
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested
+        objective._db_retry_seconds = self.config.optuna.db_retry_seconds
         logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,
                     self.config.optuna.study_name, device, os.getpid())
         self._seed_durations(opened)
@@ -279,7 +247,8 @@ class Worker:
         return statistics.quantiles(recent, n=10)[-1] * 1.2
 
     def _seed_durations(self, opened: Opened) -> None:
-        self._durations.extend(recent_durations(opened, 50))
+        self._durations.extend(with_db_retry(lambda: recent_durations(opened, 50), what="reading recent trials",
+                                             seconds=self.config.optuna.db_retry_seconds))
 
     def _scan_stale(self, opened: Opened) -> None:
         """Fail stale trials (optuna's heartbeat check) and RUNNING trials that never beat; their
@@ -310,6 +279,7 @@ class Worker:
         def attempt() -> tuple[int, int | None] | Stop | None:
             TS = optuna.trial.TrialState
             created = False
+            made: list[int] = []
             started = time.perf_counter()
             try:
                 with opened.lock.transaction(opened.storage) as conn:
@@ -329,7 +299,9 @@ class Worker:
                                        "suspended; nothing written, claiming again", self.worker_index)
                         return None
                     created = True
-                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0)
+                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0,
+                                                   owner=None if atomic else self._owner())
+                    made.append(trial_id)
                     failpoints.hit("after_ask")
                     failpoints.hit("before_heartbeat")
                     if spec.heartbeat_interval:
@@ -343,6 +315,9 @@ class Worker:
                 if created and atomic:  # rolled back: optuna's cache may hold a trial that is not there
                     with contextlib.suppress(Exception):
                         reload_study(opened)
+                if made and not atomic:  # committed, never ran: fail and re-queue it now, as a stale scan would
+                    with contextlib.suppress(Exception):
+                        self._abandon(opened, made[0])
                 raise
 
         if due and atomic:
@@ -364,7 +339,12 @@ class Worker:
             return result
         trial_id, origin = result
         built = time.perf_counter()
-        trial = make_trial(opened, trial_id)
+
+        def build() -> optuna.Trial:  # committed: the trial is RUNNING with a heartbeat whatever happens here
+            failpoints.hit("building_trial")
+            return make_trial(opened, trial_id)
+
+        trial = with_db_retry(build, seconds=spec.db_retry_seconds, what=f"building trial {trial_id}")
         if self.timing is not None:
             self.timing.append({**timing, "claim_s": built - claim_started,
                                 "trial_built_s": time.perf_counter() - built})
@@ -379,7 +359,7 @@ class Worker:
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
-        heartbeat = (_Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
+        heartbeat = (Heartbeat(opened.storage, trial_id, self.config.optuna.heartbeat_interval, beat_now=False,
                                 retry_seconds=self.config.optuna.db_retry_seconds)
                      if self.config.optuna.heartbeat_interval else None)
         try:
@@ -391,7 +371,7 @@ class Worker:
                     raise Interrupted("worker interrupted before the trial started")
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
-                failpoints.hit("in_train")
+                failpoints.hit("in_train", fail_trial=lambda: self._fail_elsewhere(opened, trial_id))
                 values = objective(trial)
             finally:
                 self._in_trial = False
@@ -432,7 +412,7 @@ class Worker:
     @staticmethod
     def _start_bookkeeping(opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
         """Record where the trial runs (and which trial a retried copy retries): one statement."""
-        attrs: dict[str, Any] = {k: v for k, v in run_context().items() if v != ""}  # no Slurm job, no GPU
+        attrs: dict[str, Any] = Worker._owner()  # no Slurm job, no GPU: left out
         if origin is not None:
             attrs["retry_of"] = origin  # same parameters, same checkpoint folder
         set_user_attrs(opened, trial_id, attrs, conn)
@@ -447,12 +427,15 @@ class Worker:
         def tell() -> optuna.trial.FrozenTrial:
             failpoints.hit("in_tell")
             if error is not None:
-                trial.set_user_attr("error", error[-8000:])
+                try:
+                    trial.set_user_attr("error", error[-8000:])
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # failed meanwhile by another process (cancel, --reload, a stale scan): tell says so
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)
 
-        failpoints.hit("before_tell")
+        failpoints.hit("before_tell", fail_trial=lambda: self._fail_elsewhere(opened, trial_id))
         try:
             frozen = with_db_retry(tell, seconds=seconds, what=f"recording trial {trial.number}")
         except StorageError:
@@ -476,6 +459,27 @@ class Worker:
                          "(%s); 'hyper-opt report' rebuilds the table from the study", self.worker_index,
                          trial.number, err)
         return frozen
+
+    @staticmethod
+    def _fail_elsewhere(opened: Opened, trial_id: int, why: str = "failed by another process (failpoint)") -> None:
+        """Mark a trial FAIL with ``why`` as its error. The failpoints' ``failed`` does it behind
+        the worker's back, as ``cancel``, ``--reload`` or another worker's stale scan do."""
+        import optuna
+
+        opened.storage.set_trial_user_attr(trial_id, "error", why)
+        opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+    def _abandon(self, opened: Opened, trial_id: int) -> None:
+        """A trial the claim started but could not finish starting (it never ran): FAIL, and a
+        WAITING copy within optuna:max_retry, as a stale scan does later where there is one."""
+        self._fail_elsewhere(opened, trial_id, "the worker's claim failed after starting it")
+        callback = requeue_callback(opened.storage, self.config.optuna.max_retry)
+        if callback is not None:
+            callback(opened.study, opened.storage.get_trial(trial_id))
+
+    @staticmethod
+    def _owner() -> dict[str, Any]:
+        return {k: v for k, v in run_context().items() if v != ""}
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
         """Keep a result the database never received, so that it is not lost."""

@@ -82,6 +82,31 @@ def test_sqlite_database_is_locked_is_retried_until_the_lock_goes(tmp_path: Path
     holder.close()
 
 
+def test_the_pool_timeout_of_a_stalled_server_is_retried() -> None:
+    """A worker's one connection held by its other thread on a stalled server: the pool's
+    TimeoutError (wrapped by optuna) is waited out, not turned into a FAIL (issue 21, item 2)."""
+    import optuna
+    import sqlalchemy.exc
+
+    pool = sqlalchemy.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached, connection timed out, timeout 2.00")
+    try:
+        try:
+            raise pool
+        except sqlalchemy.exc.TimeoutError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert diagnose(wrapped)[0] == RETRY
+    calls = []
+
+    def stalled_once() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise pool
+        return len(calls)
+
+    assert with_db_retry(stalled_once, seconds=30, what="reporting step 3") == 2
+
+
 def test_full_and_read_only_disks_are_refused_not_retried() -> None:
     import errno
 
@@ -210,3 +235,115 @@ def test_the_budget_lock_nests_and_a_hung_holder_gives_an_error_not_a_hang(
     finally:
         holder.close()
         waiter.close()
+
+
+# Opens the study as a worker does, all at once: each process says it is ready, then waits for
+# the go file, so that the opens really overlap (issue 21, item 14). optuna's window between
+# "alembic_version is empty" and stamping it is widened to 0.5 s (a private name, test only), so
+# that every process that finds a new database collides there, every time.
+OPEN_AT_ONCE = '''
+import sys, time
+from pathlib import Path
+from optuna.storages._rdb import storage as rdb
+from hyper_opt.config import load_config
+from hyper_opt.study import open_study
+
+supported = rdb._VersionManager._is_alembic_supported
+rdb._VersionManager._is_alembic_supported = lambda self: time.sleep(0.5) or supported(self)
+
+config, model = load_config(Path("hyper.yml"), Path("model.yml"))
+Path(sys.argv[1]).touch()
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+opened = open_study(config, create=True, worker=True)
+opened.lock.close()
+print("opened study", opened.study_id)
+'''
+
+
+@contextlib.contextmanager
+def _fresh_postgres_database(url: str):  # type: ignore[no-untyped-def]
+    """A new, empty database on the local server (no optuna tables yet), dropped afterwards."""
+    import uuid
+
+    name = f"hyper_opt_fresh_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sqlalchemy.make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _open_at_once(folder: Path, n: int, round_: str) -> list[subprocess.CompletedProcess[str]]:
+    import os
+
+    go = folder / f"go-{round_}"
+    ready = [folder / f"ready-{round_}-{i}" for i in range(n)]
+    env = {**os.environ, "HYPER_OPT_POOL_TIMEOUT_S": "10"}  # a wanted second connection fails fast
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(ready[i]), str(go)], cwd=folder, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=180)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, ""))
+    return results
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path: Path, backend: str,
+                                                             request: pytest.FixtureRequest) -> None:
+    """Any number of processes opening the same new (then existing) storage at once all succeed,
+    with one connection each: on a new database optuna wanted a second connection from a worker's
+    one-connection pool (PostgreSQL: TimeoutError in _is_alembic_supported), and processes creating
+    its tables at once collided (SQLite: UNIQUE constraint failed: alembic_version)."""
+    from hyper_opt.storage import WORKER_APPLICATION_NAME, application_name
+
+    n = 6
+    options: dict = {"db_retry_seconds": 30}
+    if backend == "journal":
+        options.update(storage="study.journal", storage_type="journal", heartbeat_interval=None, grace_period=None)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_fresh_postgres_database(request.getfixturevalue("pg_url"))) \
+            if backend == "postgres" else None
+        if url:
+            options["storage"] = url
+        s = write_search(tmp_path / "s", optuna=options)
+        peak = [0]
+        if url:
+            import threading
+
+            app = application_name(WORKER_APPLICATION_NAME, s.hyper_config()["optuna"]["study_name"])
+            watcher = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            stop = threading.Event()
+
+            def watch() -> None:
+                with watcher.connect() as conn:
+                    while not stop.is_set():
+                        count = conn.execute(sqlalchemy.text(
+                            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = :a"), {"a": app}).scalar()
+                        conn.rollback()
+                        peak[0] = max(peak[0], int(count or 0))
+                        time.sleep(0.005)
+
+            thread = threading.Thread(target=watch, daemon=True)
+            thread.start()
+            stack.callback(watcher.dispose)
+            stack.callback(thread.join)
+            stack.callback(stop.set)
+        for round_ in ("new", "existing"):
+            results = _open_at_once(s.folder, n, round_)
+            failed = [r.stdout[-2000:] for r in results if r.returncode != 0]
+            assert not failed, f"{len(failed)} of {n} processes failed to open the {round_} storage:\n{failed[0]}"
+            ids = {r.stdout.split()[-1] for r in results}
+            assert len(ids) == 1, f"one study, opened by all: {ids}"
+    if url:
+        assert 1 <= peak[0] <= n, f"{peak[0]} connections for {n} processes"

@@ -61,18 +61,18 @@ class _FlakyStorage:
 
 
 def test_a_database_blip_at_the_first_heartbeat_is_retried() -> None:
-    from hyper_opt.worker import _Heartbeat
+    from hyper_opt.heartbeat import Heartbeat
 
     storage = _FlakyStorage(failures=1)
-    hb = _Heartbeat(storage, 1, 60)
+    hb = Heartbeat(storage, 1, 60)
     with hb:
         assert storage.beats == 1
 
 
 def test_a_failed_first_heartbeat_raises_its_own_error_not_a_thread_error() -> None:
-    from hyper_opt.worker import _Heartbeat
+    from hyper_opt.heartbeat import Heartbeat
 
-    hb = _Heartbeat(_FlakyStorage(failures=1, error=ValueError("boom")), 1, 60)
+    hb = Heartbeat(_FlakyStorage(failures=1, error=ValueError("boom")), 1, 60)
     with pytest.raises(ValueError, match="boom"):
         with hb:
             pass
