@@ -144,3 +144,38 @@ def _set_hyper(hyper: dict[str, Any], path: tuple[str, ...], value: Any) -> str 
     node[path[-1]] = value
     return None
 
+
+
+def key_paths(config: Any, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every colon path of nested data, parents before children (``a``, ``a:b``, ``a:b:0``)."""
+    found: list[str] = []
+    if isinstance(config, Mapping):
+        items: Sequence[tuple[str, Any]] = [(str(k), v) for k, v in config.items()]
+    elif isinstance(config, list):
+        items = [(str(i), v) for i, v in enumerate(config)]
+    else:
+        return found
+    for part, value in items:
+        path = prefix + (part,)
+        found.append(":".join(path))
+        found.extend(key_paths(value, path))
+    return found
+
+
+def closest_paths(path: Sequence[str], config: Any, n: int = 3) -> list[str]:
+    """The key paths of ``config`` nearest to ``path`` (difflib), for 'did you mean' messages."""
+    import difflib
+
+    return difflib.get_close_matches(":".join(path), key_paths(config), n=n, cutoff=0.6)
+
+
+def is_broken_path(config: Any, path: Sequence[str]) -> bool:
+    """A colon path whose first key is in ``config`` but that does not resolve further (a later
+    key missing, an index out of range): almost always a typo. Flat names are never broken."""
+    return len(path) > 1 and has_path(config, path[:1]) and not has_path(config, path)
+
+
+def did_you_mean(path: Sequence[str], config: Any) -> str:
+    """``"; closest key paths: a:b, a:c"``, or "" when nothing is near."""
+    near = closest_paths(path, config)
+    return f"; closest key paths: {', '.join(near)}" if near else ""

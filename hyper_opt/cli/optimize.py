@@ -48,7 +48,7 @@ def _requeue_dead_trials(opened: Any, spec: Any, *, heartbeat_check: bool) -> No
 
 def run(args: argparse.Namespace) -> int:
     from hyper_opt.config import missing_model_paths
-    from hyper_opt.loader import check_objective_config
+    from hyper_opt.loader import check_objective_config, warn_broken_paths
     from hyper_opt.results import write_trials_csv
     from hyper_opt.storage import describe, with_db_retry
     from hyper_opt.study import best_summary, counts, n_finished, open_study
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     if compat.used():  # the objective was imported (and checked) before logging was set up
         logger.info("%s: %s", config.optuna.objective.describe(), compat.migration_hint(compat.used()))
-    missing = missing_model_paths(config, model or {})
+    broken = warn_broken_paths(config, model)
+    missing = [key for key in missing_model_paths(config, model or {}) if key not in broken]
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
                     config.model_path.name if config.model_path else "the model config", ", ".join(missing))

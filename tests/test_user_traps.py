@@ -1,0 +1,65 @@
+"""The traps a new user fell into (issue 22), each through the CLI as the user typed it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from .conftest import FAST_OBJECTIVE, Search, write_search
+
+NESTED_MODEL = {"model": {"x": 0.0}, "net": {"layers": [{"units": 8}, {"units": 4}], "dropout": 0.1}}
+
+
+def _study(s: Search) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    return optuna.load_study(study_name=s.hyper_config()["optuna"]["study_name"], storage=storage)
+
+
+def _nested(tmp_path: Path, key: str, objective: str = FAST_OBJECTIVE, n_trials: int = 2) -> Search:
+    return write_search(tmp_path / "s", model=NESTED_MODEL, objective=objective, optuna={
+        "n_trials": n_trials,
+        "parameters": {
+            "model:x": {"type": "float", "settings": {"name": "x", "low": -5.0, "high": 5.0}},
+            key: {"type": "int", "settings": {"name": "units", "low": 2, "high": 16}}}})
+
+
+# ------------------------------------------------------------------ 1. a typo in a colon path
+
+
+@pytest.mark.parametrize("key, why", [("net:layer:0:units", "net has no key 'layer'"),
+                                      ("net:layers:2:units", "net:layers has 2 item(s), no index 2")])
+def test_a_colon_path_that_does_not_resolve_is_refused_naming_the_closest_paths(
+        tmp_path: Path, key: str, why: str) -> None:
+    s = _nested(tmp_path, key)
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 2, proc.stderr
+    assert f"optuna:parameters:{key}: not a key path of the model config ({why})" in proc.stderr
+    assert "closest key paths: net:layers:" in proc.stderr and ":units" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (s.save_path / "hyper_opt.db").exists(), "refused before the study was created"
+
+
+def test_a_broken_colon_path_read_by_custom_updates_is_warned_once_and_marked_in_best_yml(tmp_path: Path) -> None:
+    code = FAST_OBJECTIVE + textwrap.dedent('''
+        def custom_updates(trial, conf):
+            conf["net"]["layers"][0]["units"] = trial.params["units"]
+            return conf
+    ''')
+    s = _nested(tmp_path, "net:layer:0:units", objective=code)
+    proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert proc.stderr.count("optuna:parameters:net:layer:0:units: not a key path of the model config") == 1
+    assert "closest key paths: net:layers:0:units" in proc.stderr
+    s.cli("report", "hyper.yml", "model.yml", "--no-plots", check=True)
+    best = (s.save_path / "report" / "best.yml").read_text()
+    assert "# WARNING: colon paths that do not resolve in the model config (a typo?)" in best
+    assert "net:layer:0:units" in best
+    assert "net:layer:0:units" in (s.save_path / "report" / "summary.md").read_text()
+
+
+def test_a_flat_name_that_is_not_a_model_key_stays_a_suggest_only_parameter(tmp_path: Path) -> None:
+    s = _nested(tmp_path, "num_dense")
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    assert all("units" in t.params for t in _study(s).trials)
