@@ -63,3 +63,23 @@ def test_a_flat_name_that_is_not_a_model_key_stays_a_suggest_only_parameter(tmp_
     s = _nested(tmp_path, "num_dense")
     s.cli("optimize", "hyper.yml", "model.yml", check=True)
     assert all("units" in t.params for t in _study(s).trials)
+
+
+# ------------------------------------------------------------------ 2. where relative paths resolve
+
+
+def test_dry_run_and_start_say_which_rule_resolves_relative_paths_and_where_each_went(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 1}, extra={"local": {"workers": 1}})
+    s.rewrite_hyper(lambda h: [h["optuna"].pop(k) for k in ("heartbeat_interval", "grace_period")])
+    here = Search(folder=tmp_path, hyper=s.hyper, model=s.model)  # started from the folder above the YAML
+    plan = here.cli("optimize", "s/hyper.yml", "s/model.yml", "--dry-run", check=True).stdout
+    assert f"relative paths are read from the YAML's folder {s.folder} (hyper_opt format: local is a key " in plan
+    assert f"save_path -> {s.folder / 'results'}" in plan
+    s.rewrite_hyper(lambda h: h.pop("local"))  # the README-style file without local: is echo-opt's
+    plan = here.cli("optimize", "s/hyper.yml", "s/model.yml", "--dry-run", check=True).stdout
+    assert (f"relative paths are read from the working directory {tmp_path} (echo format: save_path, "
+            "optuna:study_name without any key only hyper_opt knows; write 'format: hyper_opt'") in plan
+    assert f"save_path -> {tmp_path / 'results'}" in plan
+    run = here.cli("optimize", "s/hyper.yml", "s/model.yml", check=True)
+    assert f"WARNING hyper_opt: relative paths are read from the working directory {tmp_path}" in run.stderr
+    assert f"save_path -> {tmp_path / 'results'}" in run.stderr

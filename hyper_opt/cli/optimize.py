@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
                     config.model_path.name if config.model_path else "the model config", ", ".join(missing))
+    if not args.dry_run:
+        rule, *where = path_lines(config)
+        moved = config.format != "hyper_opt" and config.base_dir != config.hyper_path.parent
+        logger.log(logging.WARNING if moved else logging.INFO, "%s", rule)
+        for line in where:
+            logger.info("%s", line)
     scheduler = choose_scheduler(config, local=args.local, wanted=args.scheduler, dry_run=args.dry_run)
     use_scheduler = scheduler is not None
     spec = config.optuna
@@ -126,6 +132,28 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
 
 
+def path_lines(config) -> list[str]:  # type: ignore[no-untyped-def]
+    """Which rule resolves the file's relative paths, why, and where each path resolved: said at
+    start and by ``--dry-run``, so that a format change never moves a path unseen."""
+    from hyper_opt.config import format_reason
+
+    folder = config.hyper_path.parent
+    reason = format_reason(config.raw)
+    if config.format == "hyper_opt":
+        rule = f"relative paths are read from the YAML's folder {folder} (hyper_opt format: {reason})"
+    else:
+        rule = (f"relative paths are read from the working directory {config.base_dir} ({config.format} "
+                f"format: {reason}; write 'format: hyper_opt' to read them from the YAML's folder {folder})")
+    lines = [rule, f"save_path -> {config.save_path}"]
+    if config.optuna.objective.file is not None:
+        lines.append(f"objective -> {config.optuna.objective.file}")
+    if config.optuna.storage.path is not None:
+        lines.append(f"storage -> {config.optuna.storage.path}")
+    if config.log_file is not None:
+        lines.append(f"log -> {config.log_file}")
+    return lines
+
+
 def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyped-def]
     """``--dry-run``: what would run, and the job scripts that would be submitted."""
     from hyper_opt.storage import describe
@@ -134,6 +162,8 @@ def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyp
     print(f"study      {spec.study_name} in {describe(spec.storage)}")
     print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
     print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
+    for line in path_lines(config):
+        print(f"paths      {line}")
     if scheduler == "pbs":
         from hyper_opt.launch.pbs import dry_run as pbs_dry_run
 
