@@ -8,6 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hyper_opt.keypath import apply_overrides
+
 from .conftest import FAST_OBJECTIVE, Search, write_search
 
 NESTED_MODEL = {"model": {"x": 0.0}, "net": {"layers": [{"units": 8}, {"units": 4}], "dropout": 0.1}}
@@ -83,3 +85,29 @@ def test_dry_run_and_start_say_which_rule_resolves_relative_paths_and_where_each
     run = here.cli("optimize", "s/hyper.yml", "s/model.yml", check=True)
     assert f"WARNING hyper_opt: relative paths are read from the working directory {tmp_path}" in run.stderr
     assert f"save_path -> {tmp_path / 'results'}" in run.stderr
+
+
+# ------------------------------------------------------------------ 3. --set model:... with a top-level model key
+
+
+def test_set_model_path_reaches_the_key_under_a_top_level_model_key(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 1},
+                     model={"model": {"x": 0.0, "hidden_size": 8, "layers": [16, 8]}})
+    s.cli("optimize", "hyper.yml", "model.yml", "--set", "model:hidden_size=32", "--set", "model:layers=[64,32]",
+          "--dry-run", check=True)
+    model = {"model": {"hidden_size": 8, "layers": [16, 8]}, "hidden": 1}
+    assert apply_overrides({}, model, ["model:hidden_size=32", "model:layers=[64,32]"]) == []
+    assert model == {"model": {"hidden_size": 32, "layers": [64, 32]}, "hidden": 1}
+    typo = s.cli("optimize", "hyper.yml", "model.yml", "--set", "model:hiden_size=32", "--dry-run")
+    assert typo.returncode == 2
+    assert ("neither 'hiden_size' nor 'model:hiden_size' is a key path of the model config; "
+            "closest key paths: model:hidden_size") in typo.stderr
+
+
+def test_set_model_path_that_could_mean_two_keys_is_refused_saying_how_to_write_each(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 1}, model={"model": {"x": 0.0, "size": 8}, "size": 4})
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--set", "model:size=32", "--dry-run")
+    assert proc.returncode == 2
+    assert "ambiguous" in proc.stderr and "'model:model:size=...'" in proc.stderr and "'size=...'" in proc.stderr
+    s.cli("optimize", "hyper.yml", "model.yml", "--set", "model:model:size=32", "--set", "size=2", "--dry-run",
+          check=True)
