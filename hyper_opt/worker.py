@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.code_errors import code_error_stop, stop_on_code_error
 from hyper_opt.loader import instantiate
 from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
@@ -67,6 +68,7 @@ class Stop(enum.Enum):
     SIGNAL = "interrupted"
     FAILURES = "too many consecutive failed trials"
     MAX_TRIALS = "this worker's own trial limit was reached"
+    CODE_ERROR = "an error in the objective's code or files that every trial would meet"
 
 
 @dataclass
@@ -146,6 +148,7 @@ class Worker:
         self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
+        self._last_error: BaseException | None = None  # what failed the last trial
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -208,6 +211,9 @@ class Worker:
                 if stop is not None:
                     report.stop = stop
                     break
+                if code_error_stop(opened, self.config, self.worker_index) is not None:
+                    report.stop = Stop.CODE_ERROR
+                    break
                 claim = self._claim(opened)
                 if isinstance(claim, Stop):
                     report.stop = claim
@@ -219,6 +225,9 @@ class Worker:
                 report.trials.append(frozen.number)
                 report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
                 if frozen.state == optuna.trial.TrialState.FAIL:
+                    if stop_on_code_error(opened, self.config, frozen, self._last_error, self.worker_index):
+                        report.stop = Stop.CODE_ERROR
+                        break
                     consecutive_failures += 1
                     if consecutive_failures >= self.config.optuna.max_consecutive_failures:
                         logger.error("worker %d: %d trials failed in a row; stopping (raise "
@@ -397,6 +406,7 @@ class Worker:
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
         except (Exception, Interrupted) as err:
             state = TS.FAIL
+            self._last_error = err
             error = traceback.format_exc()
             if isinstance(err, (HyperOptError, Interrupted)):
                 logger.error("worker %d: trial %d failed: %s", self.worker_index, trial.number, err)

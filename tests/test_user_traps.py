@@ -111,3 +111,91 @@ def test_set_model_path_that_could_mean_two_keys_is_refused_saying_how_to_write_
     assert "ambiguous" in proc.stderr and "'model:model:size=...'" in proc.stderr and "'size=...'" in proc.stderr
     s.cli("optimize", "hyper.yml", "model.yml", "--set", "model:model:size=32", "--set", "size=2", "--dry-run",
           check=True)
+
+
+# ------------------------------------------------------------------ 4. an error every trial would meet
+
+
+@pytest.mark.parametrize("body, message", [
+    ("return {'loss': 1.0}", "MetricMissingError: train() returned no 'val_loss'"),
+    ("return 0.5", "MetricMissingError: train() must return a dict"),
+    ("import not_a_module_anywhere", "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+    ("return {'val_loss': undefined_name}", "NameError: name 'undefined_name' is not defined"),
+])
+def test_an_error_of_the_code_alone_stops_the_search_after_the_first_trial(
+        tmp_path: Path, body: str, message: str) -> None:
+    code = f"from hyper_opt import BaseObjective\nclass Objective(BaseObjective):\n    def train(self, t, c):\n        {body}\n"
+    s = write_search(tmp_path / "s", objective=code, optuna={"n_trials": 20, "max_consecutive_failures": 10},
+                     extra={"local": {"workers": 2}})
+    proc = s.cli("optimize", "hyper.yml", "model.yml")
+    assert proc.returncode == 1
+    trials = _study(s).trials
+    assert 1 <= len(trials) <= 2, f"each worker trains at most once, not 10 times: {len(trials)} trials"
+    assert "search stopped: trial " in proc.stderr
+    assert message in proc.stderr
+    assert "run optimize again with --reload" in proc.stderr
+    logs = "".join(p.read_text() for p in (s.save_path / "logs").glob("worker_*.log"))
+    assert logs.count("stopping: trial") + logs.count("the search stopped") >= 2, "both workers stopped"
+
+
+def test_a_code_error_after_finished_trials_fails_only_its_trial(tmp_path: Path) -> None:
+    code = ("from hyper_opt import BaseObjective\nclass Objective(BaseObjective):\n    def train(self, t, c):\n"
+            "        return {'val_loss': 1.0} if t.number != 1 else {}\n")
+    s = write_search(tmp_path / "s", objective=code, optuna={"n_trials": 4})
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    states = [t.state.name for t in _study(s).trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1
+
+
+# ------------------------------------------------------------------ 5. --reload without the original --set
+
+
+def test_reload_without_the_original_set_is_refused_unless_accepted(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2}, model={"model": {"x": 0.0}, "steps": 3})
+    s.cli("optimize", "hyper.yml", "model.yml", "--set", "steps=1", check=True)
+    proc = s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "optuna:n_trials=4")
+    assert proc.returncode == 2
+    assert "it was started with --set steps=1" in proc.stderr and "--new-overrides" in proc.stderr
+    assert len(_study(s).trials) == 2, "nothing ran"
+    dry = s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "optuna:n_trials=4", "--dry-run")
+    assert dry.returncode == 2 and "it was started with --set steps=1" in dry.stderr
+    # the same overrides (n_trials may change) continue; --new-overrides accepts others
+    s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "steps=1", "--set", "optuna:n_trials=3",
+          check=True)
+    accepted = s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "optuna:n_trials=4",
+                     "--new-overrides", check=True)
+    assert "--new-overrides: study" in accepted.stderr
+    assert len(_study(s).trials) == 4
+
+
+# ------------------------------------------------------------------ 6. --dry-run looks at the study
+
+
+def test_dry_run_says_the_real_run_would_refuse_the_study_and_exits_non_zero(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2})
+    fresh = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True)
+    assert "study      new: the real run creates it" in fresh.stdout
+    assert not (s.save_path / "hyper_opt.db").exists()
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    s.rewrite_hyper(lambda h: h["optuna"].update(reload=0, n_trials=4))
+    dry = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run")
+    real = s.cli("optimize", "hyper.yml", "model.yml")
+    assert real.returncode == 2 and dry.returncode == 2
+    assert "the real run would refuse" in dry.stderr and "already holds 2 trials" in dry.stderr
+    ok = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", "--reload", check=True)
+    assert "study      exists: 2 trials (2 finished of n_trials 4)" in ok.stdout
+    assert "would run  2 more trial(s)" in ok.stdout
+
+
+# ------------------------------------------------------------------ 13. status figures
+
+
+def test_status_shows_the_budget_the_search_runs_with_and_no_rate_over_seconds(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 12})
+    s.cli("optimize", "hyper.yml", "model.yml", "--set", "optuna:n_trials=3", check=True)
+    out = s.cli("status", "hyper.yml", check=True).stdout
+    assert "finished 3/3 " in out, out
+    assert "n_trials 3 as last launched (the file says 12" in out
+    assert "trials/hour" not in out, "no rate over a few seconds"
+    s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "optuna:n_trials=5", check=True)
+    assert "finished 5/5 " in s.cli("status", "hyper.yml", check=True).stdout
