@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -199,3 +202,41 @@ def test_status_shows_the_budget_the_search_runs_with_and_no_rate_over_seconds(t
     assert "trials/hour" not in out, "no rate over a few seconds"
     s.cli("optimize", "hyper.yml", "model.yml", "--reload", "--set", "optuna:n_trials=5", check=True)
     assert "finished 5/5 " in s.cli("status", "hyper.yml", check=True).stdout
+
+
+# ------------------------------------------------------------------ 7. cancel on a local search
+
+
+def _start_slow_search(s: Search) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "hyper_opt", "optimize", "hyper.yml", "model.yml"],
+                            cwd=s.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in _study(s).trials):
+                return proc
+        except Exception:  # noqa: BLE001 - the study is not there yet
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("no trial started within 90 s")
+
+
+def test_cancel_stops_a_local_search_and_its_workers(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 50}, extra={"local": {"workers": 2}},
+                     model={"model": {"x": 0.0}, "sleep": 0.5, "steps": 40})
+    proc = _start_slow_search(s)
+    try:
+        cancel = s.cli("cancel", "hyper.yml", timeout=120)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        assert "stopping the local search" in cancel.stdout and "--reload" in cancel.stdout
+        proc.wait(timeout=30)  # the optimize process has ended
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    states = [t.state for t in _study(s).trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert len(states) < 50
+    again = s.cli("cancel", "hyper.yml", check=True)
+    assert "no trial is running" in again.stdout
