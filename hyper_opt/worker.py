@@ -43,6 +43,7 @@ from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
 from hyper_opt.code_errors import code_error_stop, stop_on_code_error
 from hyper_opt.loader import instantiate
+from hyper_opt.signals import interrupt_at_safe_point, stop_tracing
 from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
@@ -149,6 +150,7 @@ class Worker:
         self._durations: list[float] = []
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
         self._last_error: BaseException | None = None  # what failed the last trial
+        self._interrupt_pending: str | None = None  # a signal deferred out of a finalizer (signals.py)
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -170,10 +172,11 @@ class Worker:
             if self._alarm is None:
                 self._alarm = (time.monotonic(), pending)
             return
-        logger.warning("worker %d: %s received; stopping after the current trial is recorded",
-                       self.worker_index, name)
-        if self._in_trial and (first or signum == signal.SIGALRM):
-            raise Interrupted(f"worker interrupted by {name}")
+        if signum != signal.SIGALRM or not self._interrupt_pending:
+            logger.warning("worker %d: %s received; stopping after the current trial is recorded",
+                           self.worker_index, name)
+        if self._in_trial and (first or signum in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)):
+            interrupt_at_safe_point(self, name, frame)
 
     def _disarm(self) -> None:
         """Cancel the alarm the worker armed (if it did), restoring the user's pending one."""
@@ -400,6 +403,7 @@ class Worker:
                 values = objective(trial)
             finally:
                 self._in_trial = False
+                stop_tracing(self)
                 self._disarm()
         except optuna.TrialPruned as err:
             state = TS.PRUNED

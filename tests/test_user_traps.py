@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -240,3 +242,46 @@ def test_cancel_stops_a_local_search_and_its_workers(tmp_path: Path) -> None:
     assert len(states) < 50
     again = s.cli("cancel", "hyper.yml", check=True)
     assert "no trial is running" in again.stdout
+
+
+# ------------------------------------------------------------------ 8. Ctrl-C inside a finalizer
+
+
+FINALIZER_OBJECTIVE = textwrap.dedent('''
+    import time, weakref
+    from hyper_opt import BaseObjective
+
+    class Thing:
+        pass
+
+    def slow_cleanup():  # like SQLAlchemy's InstanceState._cleanup: a weakref callback
+        end = time.time() + 0.2
+        while time.time() < end:
+            pass
+
+    class Objective(BaseObjective):
+        def train(self, trial, conf):
+            for _ in range(400):  # about 80 s, nearly all of it inside finalizers
+                thing = Thing()
+                weakref.finalize(thing, slow_cleanup)
+                del thing
+            return {"val_loss": 1.0}
+''')
+
+
+def test_ctrl_c_landing_in_a_finalizer_still_interrupts_the_trial(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 3}, objective=FINALIZER_OBJECTIVE)
+    proc = _start_slow_search(s)
+    time.sleep(1.0)  # well inside the training loop
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (s.save_path / "logs" / "worker_0.log").read_text()
+    assert "Exception ignored" not in log, log
+    trial = _study(s).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "worker interrupted by SIGINT" in trial.user_attrs["error"], "the worker stopped the trial itself"
+    assert "--reload" in err.strip().splitlines()[-1], err

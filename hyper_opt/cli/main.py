@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
         print(f"hyper-opt {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"hyper-opt {args.command}: interrupted", file=sys.stderr)
+        print(f"hyper-opt {args.command}: interrupted" + ("; continue the search with the same command and "
+              "--reload" if args.command == "optimize" else ""), file=sys.stderr)
         return 130
     finally:
         if set_cwd:

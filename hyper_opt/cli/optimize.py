@@ -158,6 +158,9 @@ def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-unty
     stopped = stop_reason(opened)
     if stopped:
         print(f"search stopped: {stopped}", file=sys.stderr)
+    elif n_finished(c) < spec.n_trials:
+        print(f"{spec.n_trials - n_finished(c)} trial(s) to go: continue with 'hyper-opt optimize "
+              f"{config.hyper_path} {config.model_path or ''} --reload'".replace("  --", " --"), file=sys.stderr)
     return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
 
 
