@@ -453,6 +453,8 @@ class Worker:
             failpoints.hit("in_tell")
             if error is not None:
                 trial.set_user_attr("error", error[-8000:])
+            elif trial.user_attrs.get("error"):  # a retried copy inherited its original's error
+                trial.set_user_attr("error", "")
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)

@@ -285,3 +285,34 @@ def test_ctrl_c_landing_in_a_finalizer_still_interrupts_the_trial(tmp_path: Path
     assert trial.state == optuna.trial.TrialState.FAIL
     assert "worker interrupted by SIGINT" in trial.user_attrs["error"], "the worker stopped the trial itself"
     assert "--reload" in err.strip().splitlines()[-1], err
+
+
+# ------------------------------------------------------------------ 9. a retried trial that completes
+
+
+def test_a_retried_trial_that_completes_shows_no_error_of_its_original(tmp_path: Path) -> None:
+    code = textwrap.dedent('''
+        import os
+        from hyper_opt import BaseObjective
+
+        class Objective(BaseObjective):
+            def train(self, trial, conf):
+                marker = os.path.join(os.path.dirname(__file__), "died_once")
+                if not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(1)  # the worker dies during the trial: it is failed and re-queued
+                return {"val_loss": 1.0}
+    ''')
+    s = write_search(tmp_path / "s", objective=code, optuna={"n_trials": 1})
+    s.cli("optimize", "hyper.yml", "model.yml")
+    s.cli("optimize", "hyper.yml", "model.yml", "--reload", check=True)
+    trials = _study(s).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert "worker process ended" in trials[0].user_attrs["error"]
+    assert not trials[1].user_attrs.get("error"), "the completed copy keeps no error"
+    from hyper_opt.results import read_csv
+
+    rows = {r["number"]: r for r in read_csv(s.save_path / "trials.csv")}
+    assert rows["1"]["state"] == "COMPLETE" and rows["1"]["error"] == "" and rows["1"]["retry_of"] == "0"
+    assert "worker process ended" in rows["0"]["error"]
+    assert read_csv(s.save_path / "trials" / "trial_1.csv")[0]["error"] == ""
