@@ -316,3 +316,17 @@ def test_a_retried_trial_that_completes_shows_no_error_of_its_original(tmp_path:
     assert rows["1"]["state"] == "COMPLETE" and rows["1"]["error"] == "" and rows["1"]["retry_of"] == "0"
     assert "worker process ended" in rows["0"]["error"]
     assert read_csv(s.save_path / "trials" / "trial_1.csv")[0]["error"] == ""
+
+
+# ------------------------------------------------------------------ 12. status | head
+
+
+def test_status_into_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2})
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "hyper_opt", "status", "hyper.yml"], cwd=s.folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before status writes, as 'head' is after its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
