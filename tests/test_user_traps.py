@@ -330,3 +330,46 @@ def test_status_into_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+# ------------------------------------------------------------------ 10. test on a study that is not metric learning
+
+
+def test_test_command_on_another_objective_says_it_applies_to_metric_learning(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", optuna={"n_trials": 1})
+    s.cli("optimize", "hyper.yml", "model.yml", check=True)
+    proc = s.cli("test", "hyper.yml", "model.yml")
+    assert proc.returncode == 2
+    assert "'hyper-opt test' applies to the metric-learning objective" in proc.stderr
+    assert "hyper-opt rerun" in proc.stderr and "problem(s)" not in proc.stderr
+
+
+# ------------------------------------------------------------------ 14. docs
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_install_lines_can_be_pasted_and_name_real_extras() -> None:
+    import configparser
+    import re
+    import shlex
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    extras = set(cfg["options.extras_require"])
+    readme = (REPO / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pip install")]
+    assert len(lines) >= 5
+    for line in lines:
+        argv = shlex.split(line)  # what the shell passes: one target per line, nothing else
+        assert argv[:2] == ["pip", "install"] and len(argv) == 3, line
+        match = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", argv[2])
+        assert match, line
+        assert set((match.group(1) or "").split(",")) - {""} <= extras, line
+
+
+def test_docs_do_not_promise_status_shows_the_first_error_or_top_level_echo_keys() -> None:
+    assert "shows the first error" not in (REPO / "docs" / "slurm.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "under `optuna`: `study_name`, `storage` + `storage_type`, `pruner`, `enqueue`" in readme
