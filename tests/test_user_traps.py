@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -373,3 +374,53 @@ def test_docs_do_not_promise_status_shows_the_first_error_or_top_level_echo_keys
     assert "shows the first error" not in (REPO / "docs" / "slurm.md").read_text()
     readme = (REPO / "README.md").read_text()
     assert "under `optuna`: `study_name`, `storage` + `storage_type`, `pruner`, `enqueue`" in readme
+
+
+# ------------------------------------------------------------------ 11. slice plot ticks
+
+
+def _slice_axes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low: float, high: float) -> dict[str, Any]:
+    from hyper_opt import plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+
+    def objective(t: optuna.Trial) -> float:
+        loss = t.suggest_categorical("loss", ["TripletMarginLoss", "ContrastiveLoss", "NTXentLoss"])
+        lr = t.suggest_float("lr", low, high, log=True)
+        if loss != "ContrastiveLoss":
+            raise optuna.TrialPruned()  # every completed trial used one choice
+        return lr
+
+    study.optimize(objective, n_trials=40)
+    seen: dict[str, Any] = {}
+    save = plots._save
+
+    def keep(fig: Any, path: Path) -> Path:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            seen[ax.get_xlabel()] = ax
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.slice_plot(study.trials, tmp_path / "slice.png", directions=["minimize"], names=["v"])
+    return seen
+
+
+@pytest.mark.parametrize("low, high", [(8.5e-4, 1.3e-3), (5e-4, 2e-3), (1e-5, 1e-1)])
+def test_slice_plot_labels_every_choice_and_log_ticks_do_not_overlap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low: float, high: float) -> None:
+    pytest.importorskip("matplotlib")
+    axes = _slice_axes(tmp_path, monkeypatch, low, high)
+    labels = [t.get_text() for t in axes["loss"].get_xticklabels()]
+    assert labels == ["TripletMarginLoss", "ContrastiveLoss", "NTXentLoss"]
+    left, right = axes["loss"].get_xlim()
+    assert all(left < x < right for x in axes["loss"].get_xticks()), "every choice's label is in view"
+    lr = axes["lr"]
+    renderer = lr.figure.canvas.get_renderer()
+    boxes = sorted((b for b in (t.get_window_extent(renderer) for t in lr.get_xticklabels(which="both")
+                                if t.get_text() and t.get_visible()) if b.width), key=lambda b: b.x0)
+    assert len(boxes) >= 1
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+    sizes = {t.get_fontsize() for t in lr.get_xticklabels(which="both") if t.get_text()}
+    assert sizes == {7}
