@@ -384,6 +384,7 @@ class Worker:
         TS = optuna.trial.TrialState
         trial, trial_id, origin = claim.trial, claim.trial_id, claim.origin
         started = time.time()
+        self._last_error = None
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
