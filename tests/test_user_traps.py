@@ -424,3 +424,21 @@ def test_slice_plot_labels_every_choice_and_log_ticks_do_not_overlap(
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
     sizes = {t.get_fontsize() for t in lr.get_xticklabels(which="both") if t.get_text()}
     assert sizes == {7}
+
+
+def test_a_third_ctrl_c_ends_a_worker_stuck_in_a_finalizer(tmp_path: Path) -> None:
+    stuck = FINALIZER_OBJECTIVE.replace("end = time.time() + 0.2", "end = time.time() + 3600")
+    s = write_search(tmp_path / "s", optuna={"n_trials": 3}, objective=stuck)
+    proc = _start_slow_search(s)
+    time.sleep(1.0)
+    try:
+        for _ in range(3):  # Ctrl-C three times: the parent passes the later ones on to its workers
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(1.0)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (s.save_path / "logs" / "worker_0.log").read_text()
+    assert "third Ctrl-C while the trial could not be interrupted; exiting now" in log, log
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in _study(s).trials]

@@ -120,6 +120,9 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
         if not interrupted:
             interrupted = True
             raise KeyboardInterrupt
+        for proc, _ in procs:  # a second Ctrl-C reaches the workers too (their own sessions)
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     for sig in previous:
         signal.signal(sig, on_signal)
