@@ -292,6 +292,26 @@ def detect_format(hyper: Mapping[str, Any]) -> str:
     return "hyper_opt"
 
 
+def format_reason(hyper: Mapping[str, Any]) -> str:
+    """Why :func:`detect_format` chose the format: the keys that decided it, in the file's words."""
+    if isinstance(hyper.get("format"), str) and hyper["format"] in FORMATS:
+        return f"format: {hyper['format']}"
+    for section, keys in OWN_KEYS.items():
+        node = hyper if not section else hyper.get(section)
+        found = [k for k in keys if isinstance(node, Mapping) and k in node]
+        if found:
+            return f"{(section + ':') if section else ''}{found[0]} is a key only hyper_opt knows"
+    opt = hyper.get("optuna") if isinstance(hyper.get("optuna"), Mapping) else {}
+    marks = [k for k in ("save_path", "pbs") if k in hyper]
+    marks += [f"optuna:{k}" for k in ("study_name", "storage", "storage_type") if k in opt]
+    if marks:
+        return f"{', '.join(marks)} without any key only hyper_opt knows"
+    marks = [f"optuna:{k}" for k in ("name", "save_path") if k in opt]
+    if isinstance(hyper.get("log"), Mapping) and "save_path" in hyper["log"]:
+        marks.append("log:save_path")
+    return f"{', '.join(marks)}" if marks else "no key of echo-opt's or aimlutils' format"
+
+
 def working_directory() -> Path:
     """The directory the search was started from: the submitting process's, also in its workers."""
     return Path(os.environ.get(CWD_ENV) or os.getcwd()).resolve()

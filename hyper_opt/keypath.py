@@ -97,9 +97,10 @@ def apply_overrides(hyper: dict[str, Any], model: dict[str, Any] | None,
     problems = []
     for text in overrides:
         path, value = parse_override(text)
-        target = None
+        target = prefixed = None
         if path[0] in ("hyper", "model"):
             target, path = path[0], path[1:]
+            prefixed = target
         if target is None:
             target = "hyper" if path[0] in HYPER_SECTIONS else "model"
         if not path:
@@ -113,15 +114,36 @@ def apply_overrides(hyper: dict[str, Any], model: dict[str, Any] | None,
         if model is None:
             problems.append(f"--set {text!r}: no model config was given to override")
             continue
-        try:
-            get_path(model, path)
-        except (KeyError, IndexError, TypeError):
-            problems.append(
-                f"--set {text!r}: {':'.join(path)!r} is not a key path of the model config "
-                "(overrides never add keys; prefix 'hyper:' for the hyperparameter file)")
+        full = _model_path(model, path, prefixed=prefixed == "model")
+        if isinstance(full, str):
+            problems.append(f"--set {text!r}: {full}")
             continue
-        set_path(model, path, value)
+        set_path(model, full, value)
     return problems
+
+
+def _model_path(model: Mapping[str, Any], path: tuple[str, ...], *, prefixed: bool) -> tuple[str, ...] | str:
+    """The key path of the model config an override names, or the problem.
+
+    ``model:`` before a path names the file; when the model config has a top-level ``model`` key
+    too, ``model:hidden_size`` may mean either. The reading that resolves is taken; when both
+    resolve the override is refused, saying how to write each (``model:model:hidden_size`` is
+    always the key under ``model``)."""
+    whole = ("model",) + path if prefixed else None
+    here, there = has_path(model, path), whole is not None and has_path(model, whole)
+    if here and there:
+        return (f"ambiguous: the model config has both {':'.join(path)!r} and {':'.join(whole)!r}; write "
+                f"'model:model:{':'.join(path)}=...' for the key under 'model', or '{':'.join(path)}=...' "
+                "(no prefix) for the top-level key")
+    if here:
+        return path
+    if there:
+        return whole
+    tried = f"{':'.join(path)!r}" + (f" nor {':'.join(whole)!r}" if whole else "")
+    return (f"neither {tried} is a key path of the model config" if whole else
+            f"{tried} is not a key path of the model config") + (
+        f"{did_you_mean(whole or path, model) or did_you_mean(path, model)} (overrides never add keys; "
+        "prefix 'hyper:' for the hyperparameter file)")
 
 
 def _set_hyper(hyper: dict[str, Any], path: tuple[str, ...], value: Any) -> str | None:
@@ -144,3 +166,38 @@ def _set_hyper(hyper: dict[str, Any], path: tuple[str, ...], value: Any) -> str 
     node[path[-1]] = value
     return None
 
+
+
+def key_paths(config: Any, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every colon path of nested data, parents before children (``a``, ``a:b``, ``a:b:0``)."""
+    found: list[str] = []
+    if isinstance(config, Mapping):
+        items: Sequence[tuple[str, Any]] = [(str(k), v) for k, v in config.items()]
+    elif isinstance(config, list):
+        items = [(str(i), v) for i, v in enumerate(config)]
+    else:
+        return found
+    for part, value in items:
+        path = prefix + (part,)
+        found.append(":".join(path))
+        found.extend(key_paths(value, path))
+    return found
+
+
+def closest_paths(path: Sequence[str], config: Any, n: int = 3) -> list[str]:
+    """The key paths of ``config`` nearest to ``path`` (difflib), for 'did you mean' messages."""
+    import difflib
+
+    return difflib.get_close_matches(":".join(path), key_paths(config), n=n, cutoff=0.6)
+
+
+def is_broken_path(config: Any, path: Sequence[str]) -> bool:
+    """A colon path whose first key is in ``config`` but that does not resolve further (a later
+    key missing, an index out of range): almost always a typo. Flat names are never broken."""
+    return len(path) > 1 and has_path(config, path[:1]) and not has_path(config, path)
+
+
+def did_you_mean(path: Sequence[str], config: Any) -> str:
+    """``"; closest key paths: a:b, a:c"``, or "" when nothing is near."""
+    near = closest_paths(path, config)
+    return f"; closest key paths: {', '.join(near)}" if near else ""

@@ -23,9 +23,11 @@ from typing import Any
 from hyper_opt import compat
 from hyper_opt import config as _config
 from hyper_opt.exceptions import ConfigError, ObjectiveError
+from hyper_opt.keypath import did_you_mean
 from hyper_opt.objective import BaseObjective
 from hyper_opt.schema import CWD_ENV, HyperConfig, ObjectiveSpec, ParameterSpec
 from hyper_opt.secrets import mask_url
+from hyper_opt.space import broken_path_problems, broken_paths
 
 logger = logging.getLogger("hyper_opt.objective")
 
@@ -247,13 +249,38 @@ def objective_problems(objective: ObjectiveSpec, model: Mapping[str, Any], *,
         module = load_module(objective)
     except ObjectiveError:
         return []
+    problems = [] if uses_custom_updates(module, objective) else broken_path_problems(model, parameters)
     validate = getattr(getattr(module, objective.class_name, None), "validate_config", None)
     if validate is None:
-        return []
+        return problems
     accepted = inspect.signature(validate).parameters
     extra: dict[str, Any] = {"parameters": parameters,
                              "base_dir": model_path.parent if model_path else None,
                              "metric": metrics[0] if len(metrics) == 1 else list(metrics)}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    return list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])
+    return problems + list(validate(model, **{k: v for k, v in extra.items() if takes_any or k in accepted}) or [])
+
+
+def uses_custom_updates(module: Any, objective: ObjectiveSpec) -> bool:
+    """Whether the objective file defines ``custom_updates`` (module-level, or on its class)."""
+    cls = getattr(module, objective.class_name, None)
+    return callable(getattr(module, "custom_updates", None)) or callable(getattr(cls, "custom_updates", None))
+
+
+def warn_broken_paths(config: HyperConfig, model: Mapping[str, Any] | None) -> list[str]:
+    """At start-up: one warning per colon path that does not resolve, when custom_updates is
+    defined (otherwise they were refused). Returns the keys warned about."""
+    if model is None:
+        return []
+    try:
+        module = load_module(config.optuna.objective)
+    except ObjectiveError:
+        return []
+    if not uses_custom_updates(module, config.optuna.objective):
+        return []
+    broken = broken_paths(model, config.optuna.parameters)
+    for p in broken:
+        logger.warning("optuna:parameters:%s: not a key path of the model config%s; it is suggested for "
+                       "custom_updates only and patches nothing", p.key, did_you_mean(p.path, model))
+    return [p.key for p in broken]
 

@@ -178,6 +178,50 @@ def _log_scale(ax: Any, which: str) -> None:
     axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
+def _categorical_axis(ax: Any, labels: Sequence[str]) -> None:
+    """Every choice gets its tick and label, also the choices no completed trial used (the axis
+    spans them all: before, a panel whose trials all used one choice showed only that one)."""
+    long = sum(len(label) for label in labels) > 24
+    ax.set_xticks(range(len(labels)), [label if len(label) <= 18 else label[:17] + "\u2026" for label in labels],
+                  fontsize=7, rotation=30 if long or len(labels) > 3 else 0, ha="right" if long or len(labels) > 3
+                  else "center")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+LOG_TICK_PRIORITY = (1, 5, 2, 3, 7, 4, 6, 8, 9)  # decade bases first, then round mantissas
+
+
+def log_ticks(lo: float, hi: float, max_ticks: int = 4) -> list[float]:
+    """At most ``max_ticks`` labelled ticks between ``lo`` and ``hi`` (> 0), never closer than a
+    ``max_ticks``-th of the span on the log axis, so that labels such as ``9×10⁻⁴`` and ``10⁻³``
+    never overlap; decade bases and round mantissas are preferred."""
+    llo, lhi = math.log10(lo), math.log10(hi)
+    span = max(lhi - llo, 1e-12)
+    candidates = [m * 10.0 ** e for m in LOG_TICK_PRIORITY
+                  for e in range(math.floor(llo), math.ceil(lhi) + 1) if lo <= m * 10.0 ** e <= hi]
+    picked: list[float] = []
+    for value in candidates:
+        if len(picked) < max_ticks and all(abs(math.log10(value) - math.log10(p)) >= span / (max_ticks + 0.5)
+                                           for p in picked):
+            picked.append(value)
+    return sorted(picked)
+
+
+def _sparse_log_axis(ax: Any, lo: float, hi: float) -> None:
+    """A log x axis over the data (5 % margins) with :func:`log_ticks` labelled, the other
+    ticks unlabelled."""
+    from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter
+
+    llo, lhi = math.log10(lo), math.log10(hi)
+    pad = max((lhi - llo) * 0.05, 0.01)
+    lo, hi = 10 ** (llo - pad), 10 ** (lhi + pad)
+    _log_scale(ax, "x")
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _title(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=11)
 
@@ -476,12 +520,11 @@ def slice_plot(trials: Sequence[optuna.trial.FrozenTrial], path: Path, *, direct
             if dist is not None and _is_categorical(dist):
                 xs = np.array([dist.to_internal_repr(t.params[p]) for t in have], dtype=float)
                 xs += rng.uniform(-0.15, 0.15, size=len(xs))
-                ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices], fontsize=7,
-                              rotation=30 if len(dist.choices) > 3 else 0)
+                _categorical_axis(ax, [str(c) for c in dist.choices])
             else:
                 xs = np.array([float(t.params[p]) for t in have])
-                if _is_log(dist):
-                    _log_scale(ax, "x")
+                if _is_log(dist) and len(xs):
+                    _sparse_log_axis(ax, float(xs.min()), float(xs.max()))
             scatter = ax.scatter(xs, np.array(ys, dtype=float), c=np.array([t.number for t in have], dtype=float),
                                  cmap=cmap, norm=norm, s=9,
                                  alpha=alpha, linewidths=0)
@@ -490,7 +533,7 @@ def slice_plot(trials: Sequence[optuna.trial.FrozenTrial], path: Path, *, direct
             ax.set_xlabel(p, fontsize=8)
             if j % ncols == 0:
                 ax.set_ylabel(_label(names[k], directions[k]), fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(which="both", labelsize=7)
             ax.grid(alpha=0.3)
     if scatter is not None:
         bar = fig.add_axes((1 - 1.0 / width, 0.6 / height, 0.15 / width, 1 - 1.1 / height))

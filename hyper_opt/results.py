@@ -81,7 +81,8 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     for key in CONTEXT_ATTRS:
         row[key] = trial.user_attrs.get(key, "")
     row["retry_of"] = trial.system_attrs.get("failed_trial", trial.user_attrs.get("retry_of", ""))
-    error = trial.user_attrs.get("error") or ""
+    # A retried copy inherits its original's user attributes: only a FAIL trial's error is its own.
+    error = (trial.user_attrs.get("error") or "") if trial.state.name == "FAIL" else ""
     row["error"] = error.strip().splitlines()[-1] if error else ""
     return row
 

@@ -2,8 +2,10 @@
 the suggested values patched into a copy of the model config.
 
 A parameter key ``optimizer:learning_rate`` is a path into the model config; list items are
-addressed by index (``layers:0:units``). A key that is not a path of the model config is still
-suggested, so that ``custom_updates`` can use it, but patches nothing.
+addressed by index (``layers:0:units``). A plain name (no colon) that is not a key of the model
+config is still suggested, so that ``custom_updates`` can use it, but patches nothing; a colon
+path whose first key is in the model config but that does not resolve is refused as a typo
+unless the objective file defines ``custom_updates`` (see :func:`broken_path_problems`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt.checker import Checker, is_int, is_number
-from hyper_opt.keypath import get_path, has_path, set_path  # noqa: F401 - re-exported (moved to keypath)
+from hyper_opt.keypath import did_you_mean, get_path, has_path, is_broken_path, set_path  # noqa: F401 - re-exported
 from hyper_opt.schema import PARAM_SETTINGS, ParameterSpec
 
 if TYPE_CHECKING:
@@ -61,6 +63,31 @@ def patch(model_config: Mapping[str, Any], specs: Sequence[ParameterSpec],
 
 
 # --------------------------------------------------------------------------- checking
+
+
+def broken_paths(model: Mapping[str, Any], parameters: Sequence[ParameterSpec]) -> list[ParameterSpec]:
+    """Parameters whose colon path starts in the model config but does not resolve there."""
+    return [p for p in parameters if is_broken_path(model, p.path)]
+
+
+def broken_path_problems(model: Mapping[str, Any], parameters: Sequence[ParameterSpec]) -> list[str]:
+    """A colon path that does not resolve is a typo unless ``custom_updates`` reads it: refused."""
+    return [f"optuna:parameters:{p.key}: not a key path of the model config ({_first_missing(model, p.path)})"
+            f"{did_you_mean(p.path, model)}. A path that custom_updates reads needs custom_updates "
+            "defined in the objective file; a plain name (no colon) is suggested without patching."
+            for p in broken_paths(model, parameters)]
+
+
+def _first_missing(model: Mapping[str, Any], path: Sequence[str]) -> str:
+    for i in range(2, len(path) + 1):
+        if not has_path(model, path[:i]):
+            parent = get_path(model, path[:i - 1])
+            if isinstance(parent, list):
+                return f"{':'.join(path[:i - 1])} has {len(parent)} item(s), no index {path[i - 1]}"
+            return f"{':'.join(path[:i - 1])} has no key {path[i - 1]!r}"
+    return "?"
+
+
 
 
 def check_parameters(chk: Checker, raw: Any) -> tuple[ParameterSpec, ...]:

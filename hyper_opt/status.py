@@ -7,7 +7,19 @@ from typing import IO
 
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import describe
-from hyper_opt.study import counts, n_finished, read_study
+from hyper_opt.study import Opened, counts, n_finished, read_study
+
+
+MIN_RATE_SPAN_S = 60.0
+
+
+def running_budget(opened: Opened, n_trials: int) -> int:
+    """The n_trials the study was last launched with (``--set optuna:n_trials`` included), which
+    its workers run to; the file's when the study predates that record."""
+    from hyper_opt.study_attrs import BUDGET_ATTR, launch_attrs
+
+    recorded = launch_attrs(opened).get(BUDGET_ATTR)
+    return recorded if isinstance(recorded, int) and recorded > 0 else n_trials
 
 
 def status_lines(config: HyperConfig) -> list[str]:
@@ -26,8 +38,11 @@ def status_lines(config: HyperConfig) -> list[str]:
 
     retried = fail_trials_of_ended_jobs(opened, max_retry=spec.max_retry)  # RUNNING trials of jobs that are gone (no heartbeat needed)
     c = counts(opened)
+    budget = running_budget(opened, spec.n_trials)
     lines = [f"study {spec.study_name!r} in {describe(spec.storage)}",
-             f"finished {n_finished(c)}/{spec.n_trials}  " + "  ".join(f"{k} {v}" for k, v in c.items())]
+             f"finished {n_finished(c)}/{budget}  " + "  ".join(f"{k} {v}" for k, v in c.items())]
+    if budget != spec.n_trials:
+        lines.append(f"n_trials {budget} as last launched (the file says {spec.n_trials}; --set changed it)")
     if spec.multi_objective:
         directions = [d.name.lower() for d in opened.study.directions]
         complete = read_trials(opened.storage, opened.study_id, states=[optuna.trial.TrialState.COMPLETE],
@@ -43,10 +58,10 @@ def status_lines(config: HyperConfig) -> list[str]:
             lines.append(f"best {best.value:.6g} (trial {best.number})")
             lines.append(f"best parameters: {best.params}")
     n_done, first_start, last_complete = time_span(opened.storage, opened.study_id)
-    if n_done and first_start and last_complete:
-        hours = (last_complete - first_start).total_seconds() / 3600
-        if hours > 0:
-            lines.append(f"{n_done / hours:.1f} trials/hour over {hours * 60:.1f} min")
+    if n_done and n_finished(c) and first_start and last_complete:
+        seconds = (last_complete - first_start).total_seconds()
+        if seconds >= MIN_RATE_SPAN_S:  # a rate over a few seconds says nothing about the search
+            lines.append(f"{n_done / seconds * 3600:.1f} trials/hour over {seconds / 60:.1f} min")
     running = read_trials(opened.storage, opened.study_id, states=[optuna.trial.TrialState.RUNNING],
                           parts=("user_attrs",))
     now = dt.datetime.now()

@@ -41,8 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.code_errors import code_error_stop, stop_on_code_error
 from hyper_opt.heartbeat import Heartbeat
 from hyper_opt.loader import instantiate
+from hyper_opt.signals import interrupt_at_safe_point, stop_tracing
 from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
@@ -68,6 +70,7 @@ class Stop(enum.Enum):
     SIGNAL = "interrupted"
     FAILURES = "too many consecutive failed trials"
     MAX_TRIALS = "this worker's own trial limit was reached"
+    CODE_ERROR = "an error in the objective's code or files that every trial would meet"
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Worker:
         self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
+        self._last_error: BaseException | None = None  # what failed the last trial
+        self._interrupt_pending: str | None = None  # a signal deferred out of a finalizer (signals.py)
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -134,10 +139,11 @@ class Worker:
             if self._alarm is None:
                 self._alarm = (time.monotonic(), pending)
             return
-        logger.warning("worker %d: %s received; stopping after the current trial is recorded",
-                       self.worker_index, name)
-        if self._in_trial and (first or signum == signal.SIGALRM):
-            raise Interrupted(f"worker interrupted by {name}")
+        if signum != signal.SIGALRM or not self._interrupt_pending:
+            logger.warning("worker %d: %s received; stopping after the current trial is recorded",
+                           self.worker_index, name)
+        if self._in_trial and (first or signum in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)):
+            interrupt_at_safe_point(self, name, frame)
 
     def _disarm(self) -> None:
         """Cancel the alarm the worker armed (if it did), restoring the user's pending one."""
@@ -176,6 +182,9 @@ class Worker:
                 if stop is not None:
                     report.stop = stop
                     break
+                if code_error_stop(opened, self.config, self.worker_index) is not None:
+                    report.stop = Stop.CODE_ERROR
+                    break
                 claim = self._claim(opened)
                 if isinstance(claim, Stop):
                     report.stop = claim
@@ -187,6 +196,9 @@ class Worker:
                 report.trials.append(frozen.number)
                 report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
                 if frozen.state == optuna.trial.TrialState.FAIL:
+                    if stop_on_code_error(opened, self.config, frozen, self._last_error, self.worker_index):
+                        report.stop = Stop.CODE_ERROR
+                        break
                     consecutive_failures += 1
                     if consecutive_failures >= self.config.optuna.max_consecutive_failures:
                         logger.error("worker %d: %d trials failed in a row; stopping (raise "
@@ -356,6 +368,7 @@ class Worker:
         TS = optuna.trial.TrialState
         trial, trial_id, origin = claim.trial, claim.trial_id, claim.origin
         started = time.time()
+        self._last_error = None
         values: Any = None
         state = TS.COMPLETE
         error: str | None = None
@@ -375,12 +388,14 @@ class Worker:
                 values = objective(trial)
             finally:
                 self._in_trial = False
+                stop_tracing(self)
                 self._disarm()
         except optuna.TrialPruned as err:
             state = TS.PRUNED
             logger.info("worker %d: trial %d pruned: %s", self.worker_index, trial.number, err)
         except (Exception, Interrupted, SystemExit) as err:
             state = TS.FAIL
+            self._last_error = err
             error = traceback.format_exc()
             if isinstance(err, SystemExit):  # sys.exit() or an argparse error in train: this trial only
                 error += (f"train() called sys.exit({err.code!r}) (exit code {err.code!r}): the trial failed "
@@ -431,6 +446,9 @@ class Worker:
                     trial.set_user_attr("error", error[-8000:])
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # failed meanwhile by another process (cancel, --reload, a stale scan): tell says so
+            elif trial.user_attrs.get("error"):  # a retried copy inherited its original's error
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("error", "")
             if state == optuna.trial.TrialState.COMPLETE:
                 return opened.study.tell(trial, values, skip_if_finished=True)
             return opened.study.tell(trial, state=state, skip_if_finished=True)

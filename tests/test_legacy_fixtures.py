@@ -133,8 +133,16 @@ def _expected(folder: Path, name: str) -> tuple[Path, Path, int]:
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_legacy_fixture_dry_run(name: str, tmp_path: Path) -> None:
     folder = _copy(name, tmp_path, data=False)
+    if name == "holodec_vae":  # reload: 1 and no study yet: the dry run says the real run would refuse
+        hyper, model = FIXTURES[name]
+        proc = subprocess.run([sys.executable, "-m", "hyper_opt", "optimize", hyper, model, "--local", "--dry-run"],
+                              cwd=folder, env=_env(), text=True, capture_output=True, timeout=120)
+        assert proc.returncode == 2 and "does not exist yet; the real run would refuse" in proc.stderr, proc.stderr
+        assert not list(folder.rglob("*.db")), "a dry run must not create a study"
+        holodec_vae_user_edits(folder)  # what the README asks of its users first
+    before = set(folder.rglob("*.db"))
     _optimize(folder, name, "--dry-run", timeout=120)
-    assert not list(folder.rglob("*.db")), "a dry run must not create a study"
+    assert set(folder.rglob("*.db")) == before, "a dry run must not create a study"
 
 
 def assert_finished(folder: Path, name: str) -> None:

@@ -68,20 +68,38 @@ def main(argv: Sequence[str] | None = None, *, default_command: str | None = Non
     if set_backend:  # Keras 3 defaults to TensorFlow; without it, run Keras files on torch
         os.environ["KERAS_BACKEND"] = "torch"
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except HyperOptError as err:
         if args.debug:
             logger.exception("error")
         print(f"hyper-opt {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"hyper-opt {args.command}: interrupted", file=sys.stderr)
+        print(f"hyper-opt {args.command}: interrupted" + ("; continue the search with the same command and "
+              "--reload" if args.command == "optimize" else ""), file=sys.stderr)
         return 130
     finally:
         if set_cwd:
             os.environ.pop(CWD_ENV, None)
         if set_backend:
             os.environ.pop("KERAS_BACKEND", None)
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a C tool killed by the closed pipe reports
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (``hyper-opt status ... | head -3``): stop quietly, with
+    the exit status a shell expects of a writer whose reader left; output still buffered goes to
+    /dev/null so that the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _keras_needs_torch_backend() -> bool:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from hyper_opt import secrets
-from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
+from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common_arguments, load_from_args, setup_logging
 
 logger = logging.getLogger("hyper_opt")
 
@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="delete an existing study of the same name first (refused while trials run)")
     p.add_argument("--strict", action="store_true",
                    help="refuse parameters whose key is not a path of the model config")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; submit nothing")
+    p.add_argument("--new-overrides", action="store_true",
+                   help="continue a study with other --set options than it was started with (recorded as its own)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, look at the study and print the plan (exit 2 where the real run would refuse); "
+                        "create and submit nothing")
 
 
 def _requeue_dead_trials(opened: Any, spec: Any, *, heartbeat_check: bool) -> None:
@@ -48,11 +52,8 @@ def _requeue_dead_trials(opened: Any, spec: Any, *, heartbeat_check: bool) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyper_opt.config import missing_model_paths
     from hyper_opt.loader import check_objective_config
-    from hyper_opt.results import write_trials_csv
-    from hyper_opt.storage import describe, with_db_retry
-    from hyper_opt.study import best_summary, counts, n_finished, open_study
+    from hyper_opt.study import counts, n_finished, open_study
 
     secrets.scrub_command_line(args.overrides)  # a --set password leaves this process's argv (re-exec)
     args.overrides = secrets.take_from_env(args.overrides)
@@ -63,20 +64,12 @@ def run(args: argparse.Namespace) -> int:
     config, model = load_from_args(args, strict=args.strict)
     check_objective_config(config, model)
     setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
-    from hyper_opt import compat
-
-    if compat.used():  # the objective was imported (and checked) before logging was set up
-        logger.info("%s: %s", config.optuna.objective.describe(), compat.migration_hint(compat.used()))
-    missing = missing_model_paths(config, model or {})
-    if missing:
-        logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
-                    config.model_path.name if config.model_path else "the model config", ", ".join(missing))
+    _start_notices(config, model, dry_run=args.dry_run)
     scheduler = choose_scheduler(config, local=args.local, wanted=args.scheduler, dry_run=args.dry_run)
     use_scheduler = scheduler is not None
     spec = config.optuna
     if args.dry_run:
-        _print_plan(config, scheduler)
-        return EXIT_OK
+        return _print_plan(config, scheduler, accept_overrides=args.new_overrides)
     if scheduler == "pbs":
         from hyper_opt.launch.pbs import directives
 
@@ -86,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
         sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
     opened = open_study(config, create=True, check_reload=True, replace=args.replace)
+    from hyper_opt.cli.continuation import record_launch
+    from hyper_opt.study_attrs import clear_stop
+
+    record_launch(config, opened, accept_overrides=args.new_overrides)  # refuses mixed configurations
     _requeue_dead_trials(opened, spec, heartbeat_check=use_scheduler or bool(spec.heartbeat_interval))
+    previous_stop = clear_stop(opened)
+    if previous_stop:
+        logger.info("the previous run had stopped the search (%s); trying again", previous_stop.split(". ")[0])
     c = counts(opened)
     if n_finished(c) >= spec.n_trials:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
@@ -104,12 +104,45 @@ def run(args: argparse.Namespace) -> int:
         submit(config, opened, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
         opened.lock.close()
         return EXIT_OK
+    return _run_here(config, opened, c, debug=args.debug)
+
+
+def _start_notices(config, model, *, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    """What optimize says once the files are read: predecessor names used, parameters that patch
+    nothing, and where relative paths went."""
+    from hyper_opt import compat
+    from hyper_opt.config import missing_model_paths
+    from hyper_opt.loader import warn_broken_paths
+
+    if compat.used():  # the objective was imported (and checked) before logging was set up
+        logger.info("%s: %s", config.optuna.objective.describe(), compat.migration_hint(compat.used()))
+    broken = warn_broken_paths(config, model)
+    missing = [key for key in missing_model_paths(config, model or {}) if key not in broken]
+    if missing:
+        logger.info("parameters that are not key paths of %s (suggested for custom_updates only): %s",
+                    config.model_path.name if config.model_path else "the model config", ", ".join(missing))
+    if not dry_run:
+        rule, *where = path_lines(config)
+        moved = config.format != "hyper_opt" and config.base_dir != config.hyper_path.parent
+        logger.log(logging.WARNING if moved else logging.INFO, "%s", rule)
+        for line in where:
+            logger.info("%s", line)
+
+
+def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-untyped-def]
+    """Run the workers on this machine, then write trials.csv and say how it went."""
     from hyper_opt.launch.local import run_local
+    from hyper_opt.results import write_trials_csv
+    from hyper_opt.storage import describe, with_db_retry
+    from hyper_opt.study import best_summary, counts, n_finished
+    from hyper_opt.study_attrs import stop_reason
+
+    spec = config.optuna
 
     print(f"study {spec.study_name!r} in {describe(spec.storage)}: {n_finished(c)}/{spec.n_trials} "
           f"finished; starting {config.local_workers} worker(s)", file=sys.stderr)
     started = time.monotonic()
-    run_local(config, opened, workers=config.local_workers, debug=args.debug)
+    run_local(config, opened, workers=config.local_workers, debug=debug)
     trials = with_db_retry(lambda: opened.storage.get_all_trials(opened.study_id),
                            seconds=spec.db_retry_seconds, what="reading the trials")
     merged = write_trials_csv(config.save_path / "trials.csv", trials,
@@ -125,17 +158,48 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             pass
     print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
+    stopped = stop_reason(opened)
+    if stopped:
+        print(f"search stopped: {stopped}", file=sys.stderr)
+    elif n_finished(c) < spec.n_trials:
+        print(f"{spec.n_trials - n_finished(c)} trial(s) to go: continue with 'hyper-opt optimize "
+              f"{config.hyper_path} {config.model_path or ''} --reload'".replace("  --", " --"), file=sys.stderr)
     return EXIT_OK if n_finished(c) >= spec.n_trials else EXIT_FAILED
 
 
-def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyped-def]
-    """``--dry-run``: what would run, and the job scripts that would be submitted."""
+def path_lines(config) -> list[str]:  # type: ignore[no-untyped-def]
+    """Which rule resolves the file's relative paths, why, and where each path resolved: said at
+    start and by ``--dry-run``, so that a format change never moves a path unseen."""
+    from hyper_opt.config import format_reason
+
+    folder = config.hyper_path.parent
+    reason = format_reason(config.raw)
+    if config.format == "hyper_opt":
+        rule = f"relative paths are read from the YAML's folder {folder} (hyper_opt format: {reason})"
+    else:
+        rule = (f"relative paths are read from the working directory {config.base_dir} ({config.format} "
+                f"format: {reason}; write 'format: hyper_opt' to read them from the YAML's folder {folder})")
+    lines = [rule, f"save_path -> {config.save_path}"]
+    if config.optuna.objective.file is not None:
+        lines.append(f"objective -> {config.optuna.objective.file}")
+    if config.optuna.storage.path is not None:
+        lines.append(f"storage -> {config.optuna.storage.path}")
+    if config.log_file is not None:
+        lines.append(f"log -> {config.log_file}")
+    return lines
+
+
+def _print_plan(config, scheduler: str | None, *, accept_overrides: bool) -> int:  # type: ignore[no-untyped-def]
+    """``--dry-run``: what would run, and the job scripts that would be submitted; exit status 2
+    where the real run would refuse the study."""
     from hyper_opt.storage import describe
 
     spec = config.optuna
     print(f"study      {spec.study_name} in {describe(spec.storage)}")
     print(f"objective  {spec.objective.describe()}  metric {list(spec.metrics)} {list(spec.directions)}")
     print(f"budget     {spec.n_trials} finished trials; {len(spec.parameters)} parameters")
+    for line in path_lines(config):
+        print(f"paths      {line}")
     if scheduler == "pbs":
         from hyper_opt.launch.pbs import dry_run as pbs_dry_run
 
@@ -152,6 +216,15 @@ def _print_plan(config, scheduler: str | None) -> None:  # type: ignore[no-untyp
     verdict = check(config, workers, how)
     if verdict is not None:
         print(f"database   {'WARNING: ' if verdict.level == 'warn' else ''}{verdict.text}")
+    from hyper_opt.cli.continuation import dry_run_study
+
+    lines, refusal = dry_run_study(config, accept_overrides=accept_overrides)
+    for line in lines:
+        print(line)
+    if refusal:
+        print(f"hyper-opt optimize --dry-run: the real run would refuse: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def submit_command(scheduler: str) -> str | None:

@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [j["job_id"] for j in recorded_jobs(config, "slurm")]
     pbs_jobs = [j["job_id"] for j in recorded_jobs(config, "pbs")]
     if not jobs and not pbs_jobs:
-        print("no Slurm or PBS jobs recorded for this study")
-        return 0
+        return cancel_local(config)
     if pbs_jobs:
         from hyper_opt.launch.pbs import cancel_jobs
 
@@ -64,6 +63,69 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(retried)} running trial(s) marked FAIL and re-queued: {retried}" if retried
           else "no trial was left RUNNING")
     return 0
+
+
+def cancel_local(config) -> int:  # type: ignore[no-untyped-def]
+    """A local search (no jobs recorded): SIGTERM to the ``optimize`` process recorded in
+    ``save_path/local_workers.json``, which stops its workers as Ctrl-C does (their trials are
+    recorded and re-queued); wait for it to end. 0 once nothing runs; 1 with what to do when it
+    cannot be stopped from here (another host) or trials still run."""
+    import json
+    import os
+    import signal
+    import socket
+
+    from hyper_opt.launch.local import LOCAL_WORKERS_FILE, STOP_GRACE_S
+
+    path = config.save_path / LOCAL_WORKERS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if record is None:
+        return _still_running(config, "no Slurm or PBS jobs and no local search recorded for this study")
+    pid, host = int(record["pid"]), str(record["host"])
+    if host != socket.gethostname():
+        print(f"the local search runs on {host} (optimize pid {pid}): run 'hyper-opt cancel' there, or press "
+              "Ctrl-C in its terminal")
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return _still_running(config, f"the local search recorded in {path} (pid {pid}) has ended")
+    print(f"stopping the local search (optimize pid {pid}, workers {record.get('workers')}); "
+          "their running trials are recorded and re-queued")
+    deadline = time.monotonic() + STOP_GRACE_S + 30
+    while time.monotonic() < deadline and path.exists():
+        time.sleep(0.5)
+    if path.exists():
+        print(f"optimize pid {pid} did not stop in {STOP_GRACE_S + 30:.0f} s; kill it with: kill {pid}")
+        return 1
+    print("stopped; continue the search with 'hyper-opt optimize ... --reload'")
+    return 0
+
+
+def _still_running(config, said: str) -> int:  # type: ignore[no-untyped-def]
+    """Nothing to cancel from here: 0 when no trial runs, else 1 naming where they run."""
+    import optuna
+
+    from hyper_opt.study import read_study
+
+    try:
+        opened = read_study(config)
+    except Exception:  # noqa: BLE001 - no study, nothing runs
+        print(said)
+        return 0
+    running = opened.storage.get_all_trials(opened.study_id, deepcopy=False,
+                                            states=(optuna.trial.TrialState.RUNNING,))
+    if not running:
+        print(f"{said}; no trial is running")
+        return 0
+    where = sorted({f"{t.user_attrs.get('hostname', '?')} pid {t.user_attrs.get('worker_pid', '?')}" for t in running})
+    print(f"{said}, but {len(running)} trial(s) are RUNNING ({', '.join(where)}): stop those processes "
+          "(kill -TERM PID on that host) or press Ctrl-C where optimize runs")
+    return 1
 
 
 def _wait_gone(ids: list[str], timeout: float = 60.0) -> None:

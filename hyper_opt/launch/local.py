@@ -110,6 +110,7 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
                                 start_new_session=True, env=env)
         procs.append((proc, log))
     logger.info("started %d local worker(s); logs in %s", workers, log_dir)
+    record = record_local_workers(config, [p.pid for p, _ in procs])
     progress = _Progress(config.optuna.n_trials, stream)
     interrupted = False
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -119,6 +120,9 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
         if not interrupted:
             interrupted = True
             raise KeyboardInterrupt
+        for proc, _ in procs:  # a second Ctrl-C reaches the workers too (their own sessions)
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     for sig in previous:
         signal.signal(sig, on_signal)
@@ -139,12 +143,30 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
             log.close()
     with_db_retry(lambda: _fail_orphans(opened, [p.pid for p, _ in procs], max_retry=config.optuna.max_retry),
                   seconds=config.optuna.db_retry_seconds, what="checking for trials left RUNNING")
+    record.unlink(missing_ok=True)  # after the orphans: cancel waits for this file to go
     bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
     for i, rc in bad:
         if not interrupted:
             tail = _tail(log_dir / f"worker_{i}.log")
             stream.write(f"worker {i} exited with code {rc}; last lines of {log_dir / f'worker_{i}.log'}:\n{tail}\n")
     return len(bad)
+
+
+LOCAL_WORKERS_FILE = "local_workers.json"
+
+
+def record_local_workers(config: HyperConfig, pids: Sequence[int]) -> Path:
+    """``save_path/local_workers.json``: this process (which stops its workers on SIGTERM, as on
+    Ctrl-C), its host and its workers, so that ``hyper-opt cancel`` can stop a local search."""
+    import json
+    import socket
+
+    from hyper_opt.results import atomic_write_text
+
+    path = config.save_path / LOCAL_WORKERS_FILE
+    atomic_write_text(path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                        "workers": list(pids)}))
+    return path
 
 
 def _show(progress: _Progress, opened: Opened) -> None:

@@ -54,10 +54,27 @@ def run(args: argparse.Namespace) -> int:
 
     config, model = load_from_args(args)
     setup_logging("WARNING", debug=args.debug)
+    require_metric_learning(config)
     report = test_trial(config, model, trial_number=args.trial, model_def_fn=args.model_def_fn,
                         device=args.device, baseline=not args.no_baseline)
     print(format_report(report))
     return 0
+
+
+def require_metric_learning(config: Any) -> None:
+    """``test`` evaluates the fold models the metric-learning objective saves: refuse any other
+    objective at once, instead of reading its model config as a metric-learning one."""
+    from hyper_opt.exceptions import HyperOptError
+    from hyper_opt.loader import load_module
+    from hyper_opt.metric_learning.objective import Objective
+
+    spec = config.optuna.objective
+    cls = getattr(load_module(spec), spec.class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise HyperOptError(
+            f"'hyper-opt test' applies to the metric-learning objective (hyper_opt.metric_learning:Objective "
+            f"or a subclass of it); this study's objective is {spec.describe()}. To run one of its trials "
+            "again, use 'hyper-opt rerun HYPER MODEL --trial N'")
 
 
 # --------------------------------------------------------------------------- reading the study

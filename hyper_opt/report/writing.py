@@ -131,7 +131,7 @@ def best_config_text(config: HyperConfig, model: Mapping[str, Any], trial: optun
     """``best.yml``: a comment header naming the trial, then the patched model config."""
     import yaml
 
-    from hyper_opt.space import has_path
+    from hyper_opt.space import broken_paths, has_path
 
     spec = config.optuna
     values = ", ".join(f"{n} = {v:.6g}" for n, v in zip(spec.metrics, trial.values or ()))
@@ -140,7 +140,12 @@ def best_config_text(config: HyperConfig, model: Mapping[str, Any], trial: optun
               f"study {spec.study_name!r}: {values} ({', '.join(spec.directions)})",
               f"parameters: {_format_params(trial.params)}"]
     known = {p.name for p in spec.parameters}
-    unpatched = [p.name for p in spec.parameters if p.name in trial.params and not has_path(model, p.path)]
+    broken = [p.key for p in broken_paths(model, spec.parameters)]
+    if broken:
+        header.append(f"WARNING: colon paths that do not resolve in the model config (a typo?), read by "
+                      f"custom_updates only: {', '.join(broken)}")
+    unpatched = [p.name for p in spec.parameters if p.name in trial.params and not has_path(model, p.path)
+                 and p.key not in broken]
     if unpatched:
         header.append(f"not key paths of the model config, so not patched here (custom_updates uses them): "
                       f"{', '.join(unpatched)}")
@@ -161,6 +166,12 @@ def _write_best(config: HyperConfig, model: Mapping[str, Any] | None, best: Sequ
     if model is None:
         notes.append("best.yml not written: give the model config too (hyper-opt report HYPER.yml MODEL.yml)")
         return []
+    from hyper_opt.space import broken_paths
+
+    broken = [p.key for p in broken_paths(model, config.optuna.parameters)]
+    if broken:
+        notes.append(f"colon paths that do not resolve in the model config (a typo?), read by custom_updates "
+                     f"only: {', '.join(broken)}")
     written = []
     for trial in best:
         path = out / (BEST_PATTERN.format(trial.number) if multi else BEST)
