@@ -338,15 +338,7 @@ class Worker:
         claim_started = time.perf_counter()
         result = with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
         if result is None and not due:  # about to wait: free the slots of dead workers first
-
-            def scan() -> None:
-                if atomic:
-                    self._scan_stale(opened)
-                    return
-                with opened.lock.hold():
-                    self._scan_stale(opened)
-
-            with_db_retry(scan, seconds=spec.db_retry_seconds, what="failing stale trials")
+            self._scan_before_waiting(opened, atomic)
         if result is None or isinstance(result, Stop):
             return result
         trial_id, origin = result
@@ -361,6 +353,19 @@ class Worker:
             self.timing.append({**timing, "claim_s": built - claim_started,
                                 "trial_built_s": time.perf_counter() - built})
         return Claimed(trial, trial_id, origin)
+
+    def _scan_before_waiting(self, opened: Opened, atomic: bool) -> None:
+        """Fail stale trials before waiting for a full budget to free up (under the budget lock
+        where the claim is no transaction)."""
+
+        def scan() -> None:
+            if atomic:
+                self._scan_stale(opened)
+                return
+            with opened.lock.hold():
+                self._scan_stale(opened)
+
+        with_db_retry(scan, seconds=self.config.optuna.db_retry_seconds, what="failing stale trials")
 
     def _run_trial(self, opened: Opened, objective: BaseObjective, claim: Claimed) -> optuna.trial.FrozenTrial:
         import optuna
