@@ -63,10 +63,16 @@ def dry_run_study(config: HyperConfig, *, accept_overrides: bool) -> tuple[list[
     if spec.storage.kind == "url":  # one try: a dry run on a machine without the database still plans
         from hyper_opt.storage import make_storage
 
+        probe = None
         try:
-            make_storage(spec).get_all_studies()
+            probe = make_storage(spec)
+            probe.get_all_studies()
         except Exception as err:  # noqa: BLE001 - only said
             return [f"study      not checked: the database does not answer from here ({str(err).splitlines()[0]})"], None
+        finally:  # its pooled connection would count against a database's CONNECTION LIMIT meanwhile
+            engine = getattr(probe, "engine", None)
+            if engine is not None:
+                engine.dispose()
     try:
         claim_save_path(config, write=False)
         opened = read_study(config)
