@@ -23,6 +23,8 @@ from hyper_opt import plots as plotting
 from hyper_opt.trials import param_importances
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import optuna
 
     from hyper_opt.report.files import Report
@@ -129,23 +131,8 @@ def importances_and_plots(report: Report, trials: Sequence[optuna.trial.FrozenTr
         importances, what = param_importances(trials, directions, notes=notes)
         return importances, what, notes
 
-    first: dict[str, Callable[..., Any]] = {
-        plotting.HISTORY: lambda: plotting.optimization_history(trials, out / plotting.HISTORY, directions=directions,
-                                                                names=names, pareto=pareto)}
-    if multi:
-        first[plotting.PARETO] = lambda: plotting.pareto_front(trials, out / plotting.PARETO, directions=directions,
-                                                               names=names, pareto=pareto)
-    else:
-        first[plotting.INTERMEDIATE] = lambda: plotting.intermediate_values(
-            trials, out / plotting.INTERMEDIATE, direction=directions[0], name=names[0], max_curves=max_curves)
-    then: dict[str, Callable[..., Any]] = {  # these need the importances (their values, or their order)
-        plotting.IMPORTANCES: lambda importances, what: plotting.param_importances(
-            importances, out / plotting.IMPORTANCES, what=what),
-        plotting.PARALLEL: lambda order: plotting.parallel_coordinate(
-            trials, out / plotting.PARALLEL, directions=directions, names=names, param_order=order, pareto=pareto),
-        plotting.SLICE: lambda order: plotting.slice_plot(trials, out / plotting.SLICE, directions=directions,
-                                                          names=names, param_order=order),
-    }
+    first, then = _plot_jobs(trials, out, directions=directions, names=names, pareto=pareto,
+                             max_curves=max_curves)
     drawing = plots and not missing
     _JOBS.clear()
     _JOBS[IMPORTANCES] = importances_job
@@ -192,6 +179,31 @@ def importances_and_plots(report: Report, trials: Sequence[optuna.trial.FrozenTr
         report.notes.append("plots skipped: --no-plots")
     report.timings["importances and plots (wall)"] = time.perf_counter() - started
     return importances, what
+
+
+def _plot_jobs(trials: Sequence[optuna.trial.FrozenTrial], out: Path, *, directions: Sequence[str],
+               names: Sequence[str], pareto: set[int], max_curves: int
+               ) -> tuple[dict[str, Callable[..., Any]], dict[str, Callable[..., Any]]]:
+    """The plots by file name: those drawn at once, and those that need the importances."""
+    multi = len(directions) > 1
+    first: dict[str, Callable[..., Any]] = {
+        plotting.HISTORY: lambda: plotting.optimization_history(trials, out / plotting.HISTORY, directions=directions,
+                                                                names=names, pareto=pareto)}
+    if multi:
+        first[plotting.PARETO] = lambda: plotting.pareto_front(trials, out / plotting.PARETO, directions=directions,
+                                                               names=names, pareto=pareto)
+    else:
+        first[plotting.INTERMEDIATE] = lambda: plotting.intermediate_values(
+            trials, out / plotting.INTERMEDIATE, direction=directions[0], name=names[0], max_curves=max_curves)
+    then: dict[str, Callable[..., Any]] = {  # these need the importances (their values, or their order)
+        plotting.IMPORTANCES: lambda importances, what: plotting.param_importances(
+            importances, out / plotting.IMPORTANCES, what=what),
+        plotting.PARALLEL: lambda order: plotting.parallel_coordinate(
+            trials, out / plotting.PARALLEL, directions=directions, names=names, param_order=order, pareto=pareto),
+        plotting.SLICE: lambda order: plotting.slice_plot(trials, out / plotting.SLICE, directions=directions,
+                                                          names=names, param_order=order),
+    }
+    return first, then
 
 
 def _collect(report: Report, filename: str, outcome: tuple[str, Any, float]) -> None:

@@ -88,9 +88,15 @@ def _local(value: dt.datetime | None) -> dt.datetime | None:
 
 def _bulk_read(storage: Any, study_id: int, state_names: list[str] | None,
                parts: set[str]) -> list[optuna.trial.FrozenTrial]:
-    import optuna
+    rows, fetched = _fetch(storage, study_id, state_names, parts)
+    return _assemble(rows, fetched)
+
+
+def _fetch(storage: Any, study_id: int, state_names: list[str] | None,
+           parts: set[str]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The study's trial rows and, for each of ``parts``, its rows of the joined table, all read
+    in one transaction (one snapshot on PostgreSQL)."""
     import sqlalchemy as sa
-    from optuna.distributions import json_to_distribution
 
     text = sa.text
     where = "t.study_id = :sid" + (" AND t.state IN :states" if state_names is not None else "")
@@ -135,6 +141,13 @@ def _bulk_read(storage: Any, study_id: int, state_names: list[str] | None,
                 fetched["intermediate_values"] = conn.execute(joined(
                     "trial_intermediate_values", "x.step, x.intermediate_value, x.intermediate_value_type",
                     "trial_intermediate_value_id"), bind).fetchall()
+    return rows, fetched
+
+
+def _assemble(rows: list[Any], fetched: dict[str, list[Any]]) -> list[optuna.trial.FrozenTrial]:
+    """FrozenTrials from :func:`_fetch`'s rows, checked as optuna's own reader would."""
+    import optuna
+    from optuna.distributions import json_to_distribution
 
     states = {s.name: s for s in optuna.trial.TrialState}
     by_id: dict[int, dict[str, Any]] = {}
