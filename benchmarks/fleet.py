@@ -214,11 +214,12 @@ def throwaway_postgres(max_connections: int = 100, *, pgbouncer: bool = False,
         subprocess.run(_as_server_user([str(binary / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
                                         "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
                                         "--pwfile", str(pwfile)]), check=True, capture_output=True)
-        options = (f"-p {port} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} "
-                   f"-c unix_socket_directories={sock} -c synchronous_commit=off -c fsync=off")
-        subprocess.run(_as_server_user([str(binary / "pg_ctl"), "-D", str(data), "-l", str(folder / "pg.log"),
-                                        "-o", options, "-w", "-t", "60", "start"]), check=True, capture_output=True)
+        # in its postgresql.conf, so that a plain pg_ctl start (server_ctl) brings the same server back
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nmax_connections = {max_connections}\n"
+                       f"unix_socket_directories = '{sock}'\nsynchronous_commit = off\nfsync = off\n")
         started_pg = True
+        server_ctl(data, "start")
         psql = _as_server_user(["psql", "-X", "-q", "-h", str(sock), "-p", str(port), "-U", "postgres",
                                 "-v", "ON_ERROR_STOP=1", "-d", "postgres"])
         subprocess.run([*psql, "-c", f"CREATE ROLE fleet LOGIN PASSWORD '{password}'"], check=True, capture_output=True)
@@ -258,6 +259,14 @@ def throwaway_postgres(max_connections: int = 100, *, pgbouncer: bool = False,
             subprocess.run(_as_server_user([str(binary / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
                                             "stop"]), capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def server_ctl(data_dir: Path, action: str) -> None:
+    """``pg_ctl start|stop|restart`` of a throwaway server (``-m fast``: connections drop), waiting
+    for it; its log is pg.log beside the data folder, never a pipe the server outlives."""
+    log = data_dir.parent / "pg.log"
+    subprocess.run(_as_server_user([str(pg_bin() / "pg_ctl"), "-D", str(data_dir), "-l", str(log), "-m", "fast",
+                                    "-w", "-t", "60", action]), check=True, capture_output=True)
 
 
 def _wait_answers(url: str, timeout_s: float = 30) -> None:

@@ -131,9 +131,7 @@ def restart_server(server: fleet.Server) -> float:
     """pg_ctl restart -m fast: every connection drops; returns the seconds it took."""
     assert server.data_dir is not None
     started = time.monotonic()
-    log = server.data_dir.parent / "pg.log"  # where throwaway_postgres logs: never a pipe the server outlives
-    subprocess.run(fleet._as_server_user([str(fleet.pg_bin() / "pg_ctl"), "-D", str(server.data_dir), "-l", str(log),
-                                          "-m", "fast", "-w", "-t", "60", "restart"]), check=True, capture_output=True)
+    fleet.server_ctl(server.data_dir, "restart")
     return time.monotonic() - started
 
 

@@ -34,11 +34,13 @@ MYSQL_DATA=$STATE_DIR/mysql
 MYSQL_RUN=$RUN_DIR/mysqld
 MYSQL_SOCKET=$MYSQL_RUN/mysqld.sock
 ACCT_DB=slurm_acct_db
-NODE_CPUS=${HYPER_OPT_SLURM_CPUS:-8}
+# The node advertises more than the machine has, so that the tests' jobs, which mostly wait, run
+# side by side under pytest-xdist (scripts/test.sh) instead of queueing behind each other.
+NODE_CPUS=${HYPER_OPT_SLURM_CPUS:-64}
 NODE_MEMORY_MB=${HYPER_OPT_SLURM_MEMORY_MB:-262144}
-N_FAKE_GPUS=4
+N_FAKE_GPUS=${HYPER_OPT_SLURM_GPUS:-16}
 # GPU type of the fake GPUs: with a type, both --gres=gpu:N and --gres=gpu:TYPE:N are accepted
-# (users' configs say e.g. gpu:v100:1); HYPER_OPT_SLURM_GPU_TYPE= (empty) gives untyped gpu:4.
+# (users' configs say e.g. gpu:v100:1); HYPER_OPT_SLURM_GPU_TYPE= (empty) gives untyped gpu:16.
 GPU_TYPE=${HYPER_OPT_SLURM_GPU_TYPE-v100}
 WAIT_TIMEOUT=${HYPER_OPT_CLUSTER_TIMEOUT:-60}
 # slurm-wlm-torque: qsub/qstat/qdel that translate PBS options onto this Slurm (PBS tests)
@@ -604,8 +606,12 @@ PBS_HOME_DIR=/var/spool/pbs
 PBS_VENDOR_DIR=${HYPER_OPT_PBS_VENDOR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/vendor}
 PBS_BUILD_DIR=$STATE_DIR/openpbs-build
 PBS_QUEUE=workq
-PBS_NGPUS=4
-PBS_NCPUS=64
+# The node has more GPUs and CPUs than one job may take, so that the tests' jobs run side by side
+# under pytest-xdist (several projects' selects take ncpus=64 each); a job may take at most
+# PBS_MAX_NGPUS GPUs (the queue's resources_max: more is refused by qsub itself).
+PBS_NGPUS=16
+PBS_MAX_NGPUS=4
+PBS_NCPUS=256
 PBS_MEM=1tb
 # seconds between a job's SIGTERM and SIGKILL at its walltime or qdel (PBS Pro's default is 10)
 PBS_KILL_DELAY=${HYPER_OPT_PBS_KILL_DELAY:-5}
@@ -712,8 +718,8 @@ pbs_configure_server() {
     pbs_qmgr "list queue $PBS_QUEUE" >/dev/null 2>&1 ||
         pbs_qmgr "create queue $PBS_QUEUE queue_type=execution"
     pbs_qmgr "set queue $PBS_QUEUE enabled=true, started=true, kill_delay=$PBS_KILL_DELAY"
-    # a select for more GPUs than the node has is refused by qsub itself (not queued forever)
-    pbs_qmgr "set queue $PBS_QUEUE resources_max.ngpus=$PBS_NGPUS"
+    # a select for more GPUs than a job may have is refused by qsub itself (not queued forever)
+    pbs_qmgr "set queue $PBS_QUEUE resources_max.ngpus=$PBS_MAX_NGPUS"
     pbs_qmgr "set server default_queue=$PBS_QUEUE"
     pbs_qmgr "set server job_history_enable=true"
     pbs_qmgr "set server acl_roots=root"

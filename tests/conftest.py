@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,68 @@ def search(tmp_path: Path) -> Search:
     return write_search(tmp_path / "search")
 
 
+# ---------------------------------------------------------------------------------------- tiers
+# A test's tier follows from what it uses (README, "Tests"): asking for one of these fixtures marks
+# it with the service's marker, and any of those markers adds ``services``. The fast tier is
+# ``-m "not services and not slow"``. A test that reaches a service some other way (a parameter
+# that calls request.getfixturevalue) marks that parameter; one that does not is failed by the
+# fixture (``_check_marked``), so no test lands in the fast tier by mistake.
+SERVICE_FIXTURES = {"pg_url": "postgres", "pgbouncer_url": "postgres", "private_pg": "postgres",
+                    "slurm_cluster": "slurm", "pbs_cluster": "pbs"}
+SERVICE_MARKERS = ("postgres", "slurm", "pbs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            marker = SERVICE_FIXTURES.get(name)
+            if marker is not None and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+        if any(item.get_closest_marker(m) is not None for m in SERVICE_MARKERS):
+            item.add_marker("services")
+
+
+def _check_marked(request: pytest.FixtureRequest, fixture: str) -> None:
+    marker = SERVICE_FIXTURES[fixture]
+    if request.node.get_closest_marker(marker) is None:
+        pytest.fail(f"{request.node.nodeid} uses the fixture {fixture!r} without the marker {marker!r}: mark "
+                    f"the test (or the parameter that asks for it) @pytest.mark.{marker}, so that the fast tier "
+                    "leaves it out", pytrace=False)
+
+
+CPU_SLOTS = int(os.environ.get("HYPER_OPT_TEST_CPU_SLOTS") or os.cpu_count() or 1)
+
+
+@pytest.fixture(autouse=True)
+def cpu_slot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For a test marked ``cpu``, one of ``HYPER_OPT_TEST_CPU_SLOTS`` (default: the CPU count)
+    slots, held for the test: under pytest-xdist at most that many CPU-bound tests run at once,
+    and the waiting ones (jobs, timers) run beside them. The slots are lock files in the run's base
+    temporary folder, which xdist's workers share; a slot held by a dead worker frees itself."""
+    if request.node.get_closest_marker("cpu") is None:
+        yield
+        return
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common parent
+    while True:
+        for i in range(CPU_SLOTS):
+            handle = open(root / f"cpu-slot-{i}.lock", "a")  # noqa: SIM115 - held for the test
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(0.2)
+
+
 def _service_missing(what: str) -> None:
     message = f"{what} is not running (start it with scripts/local_cluster.sh up)"
     if IN_CI:
@@ -135,14 +198,42 @@ def answering_url(variable: str, what: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
+def _pg_url() -> str:
     return answering_url("HYPER_OPT_TEST_PG_URL", "PostgreSQL")
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
+    _check_marked(request, "pg_url")  # before the service is looked for
+    return request.getfixturevalue("_pg_url")
+
+
+@pytest.fixture
+def private_pg(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A PostgreSQL server of the test's own (initdb in a temporary folder, a free port:
+    ``benchmarks.fleet.throwaway_postgres``), for a test that stops or restarts its server while
+    other tests use the shared one; ``.url`` to use, ``.data_dir`` for ``fleet.server_ctl``."""
+    _check_marked(request, "private_pg")
+    from benchmarks import fleet
+
+    try:
+        fleet.pg_bin()
+    except Exception as err:  # noqa: BLE001 - no server binaries
+        _service_missing(f"PostgreSQL's server binaries ({err})")
+    with fleet.throwaway_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def slurm_cluster(request: pytest.FixtureRequest) -> str:
     """The local Slurm cluster; returns the node name."""
+    _check_marked(request, "slurm_cluster")  # before the service is looked for
+    return request.getfixturevalue("_slurm_node")
+
+
+@pytest.fixture(scope="session")
+def _slurm_node() -> str:
     if shutil.which("sinfo") is None:
         _service_missing("Slurm (no sinfo)")
     proc = subprocess.run(["sinfo", "-h", "-o", "%n %t"], capture_output=True, text=True)
@@ -155,8 +246,15 @@ def slurm_cluster() -> str:
 PBS_VENDOR = Path(os.environ.get("HYPER_OPT_PBS_VENDOR") or REPO.parent / "shared" / "vendor")
 
 
+@pytest.fixture
+def pbs_cluster(request: pytest.FixtureRequest) -> Path:
+    """The local OpenPBS server; see _pbs_bin."""
+    _check_marked(request, "pbs_cluster")  # before the service is looked for
+    return request.getfixturevalue("_pbs_bin")
+
+
 @pytest.fixture(scope="session")
-def pbs_cluster() -> Path:
+def _pbs_bin() -> Path:
     """The local OpenPBS server; returns the folder of its qsub/qstat/qdel (from
     ``HYPER_OPT_TEST_PBS_QSUB``, which ``scripts/local_cluster.sh env`` exports). Slurm's torque
     wrapper stays first on PATH, so a test names this folder (``HYPER_OPT_PBS_BIN``) to use it.

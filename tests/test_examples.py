@@ -87,6 +87,8 @@ def check_results(folder: Path, trials: list[Any]) -> dict[str, list[int]]:
     return by_state
 
 
+@pytest.mark.slow
+@pytest.mark.cpu
 @pytest.mark.examples
 def test_torch_example(tmp_path: Path) -> None:
     folder = copy_example("torch", tmp_path)
@@ -105,6 +107,8 @@ def test_torch_example(tmp_path: Path) -> None:
             assert len(steps) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.cpu
 @pytest.mark.examples
 def test_keras_example(tmp_path: Path) -> None:
     folder = copy_example("keras", tmp_path)

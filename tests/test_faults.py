@@ -1,7 +1,7 @@
 """Nothing lost: killed workers, cancelled and requeued jobs, a restarted database, many workers.
 
 Faults are injected for real: SIGKILL, scancel, a warning signal and requeue through Slurm, and
-PostgreSQL stopped and started again (scripts/local_cluster.sh pg-stop / pg-start).
+PostgreSQL stopped and started again (a server of the test's own: conftest's private_pg).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 
 from hyper_opt.results import read_csv
 
-from .conftest import REPO, Search, write_search
+from .conftest import write_search
 from .test_slurm import SLEEPY, _job_ids, _sacct_states, _study, _wait_jobs_done
 
 TS = optuna.trial.TrialState
@@ -121,7 +122,10 @@ def test_warning_signal_checkpoints_requeues_and_resumes_the_trial(
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_database_restart_mid_study_loses_nothing(tmp_path: Path, pg_url: str) -> None:
+def test_database_restart_mid_study_loses_nothing(tmp_path: Path, private_pg: Any) -> None:
+    from benchmarks.fleet import server_ctl
+
+    pg_url = private_pg.url  # its own server: others' tests keep theirs while this one is stopped
     s = write_search(tmp_path / "s", objective=SLEEPY, model={"model": {"x": 0.0}, "sleep": 0.5, "steps": 4},
                      extra={"local": {"workers": 3}},
                      optuna={"storage": pg_url, "n_trials": 15, "heartbeat_interval": 5, "grace_period": 60,
@@ -129,10 +133,9 @@ def test_database_restart_mid_study_loses_nothing(tmp_path: Path, pg_url: str) -
     proc = subprocess.Popen([sys.executable, "-m", "hyper_opt", "optimize", "hyper.yml", "model.yml"],
                             cwd=s.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: sum(t.state == TS.COMPLETE for t in _study(s, pg_url).trials) >= 3, 90, "3 trials")
-    script = str(REPO / "scripts" / "local_cluster.sh")
-    subprocess.run(["bash", script, "pg-stop"], check=True, capture_output=True)
+    server_ctl(private_pg.data_dir, "stop")
     time.sleep(8)  # trials finish while the database is down; their results must wait, not vanish
-    subprocess.run(["bash", script, "pg-start"], check=True, capture_output=True)
+    server_ctl(private_pg.data_dir, "start")
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     study = _study(s, pg_url)

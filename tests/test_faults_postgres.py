@@ -110,13 +110,15 @@ def test_a_trial_reporting_in_a_tight_loop_keeps_its_heartbeat(tmp_path: Path, p
 # Reports once, pauses without using the database (the heartbeat thread alone uses the
 # connection: it is the one that meets the stall), then reports again.
 PAUSING = textwrap.dedent('''
-    import time
+    import os, time
     from hyper_opt import BaseObjective
 
     class Objective(BaseObjective):
         def train(self, trial, conf):
             self.report(trial, 0.0, 0)
-            time.sleep(float(conf["pause"]))
+            deadline = time.monotonic() + 120
+            while not os.path.exists(conf["go"]) and time.monotonic() < deadline:  # the test says when
+                time.sleep(0.1)
             for step in range(1, 20):
                 self.report(trial, float(step), step)
                 time.sleep(0.05)
@@ -148,7 +150,8 @@ def test_a_stalled_server_backend_is_waited_out_not_turned_into_a_fail(tmp_path:
     uses the connection; the trial's next report waits for the pool longer than its timeout
     (shortened to 2 s here) and must be retried, not fail the trial; the stall ends (SIGCONT)
     and the trial completes."""
-    s = write_search(tmp_path / "s", objective=PAUSING, model={"pause": 4},
+    go = tmp_path / "go"
+    s = write_search(tmp_path / "s", objective=PAUSING, model={"go": str(go)},
                      optuna={"storage": pg_url, "n_trials": 1, "heartbeat_interval": 1, "grace_period": 60,
                              "db_retry_seconds": 60})
     app = application_name(WORKER_APPLICATION_NAME, s.hyper_config()["optuna"]["study_name"])
@@ -157,8 +160,12 @@ def test_a_stalled_server_backend_is_waited_out_not_turned_into_a_fail(tmp_path:
         worker = _worker(s, {"HYPER_OPT_POOL_TIMEOUT_S": "2"})
         _wait_running(s, pg_url)
         pid = _backend_pid(pg_url, app)
-        os.kill(pid, signal.SIGSTOP)  # the next beat blocks on it, holding the worker's connection
-        time.sleep(10)  # the pause ends at ~4 s; the report then waits 2 s per try for the pool
+        os.kill(pid, signal.SIGSTOP)
+        # the trial makes no storage call until go exists, so the heartbeat thread beats every 1 s:
+        # 4 s on, a beat is blocked on the stopped server, holding the worker's one connection
+        time.sleep(4)
+        go.touch()  # the trial's next report now waits for the pool, 2 s per try, and is retried
+        time.sleep(8)
         os.kill(pid, signal.SIGCONT)
         out = _finish(worker)
         trials = _study(s, pg_url).trials

@@ -64,6 +64,7 @@ def _holder(s) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_a_delayed_holder_keeps_the_journal_lock(journal) -> None:
     """A holder whose main thread is delayed for several grace periods (a slow NFS read) is alive:
     its lease is renewed, and a waiter waits (here until its own timeout) instead of taking it."""
@@ -106,6 +107,7 @@ def test_a_dead_holders_journal_lock_is_taken_over(journal) -> None:
     assert not _lock_file(spec).exists()
 
 
+@pytest.mark.slow
 def test_a_holder_that_lost_the_journal_lock_finds_out_and_deletes_nothing(journal) -> None:
     """Suspended (SIGSTOP) past the grace, the holder cannot be told from a dead one and loses
     the lock; resumed, it sees that before writing, and its release leaves the new holder's file."""

@@ -130,6 +130,7 @@ def _expected(folder: Path, name: str) -> tuple[Path, Path, int]:
     return save_path, db, int(opt["n_trials"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_legacy_fixture_dry_run(name: str, tmp_path: Path) -> None:
     folder = _copy(name, tmp_path, data=False)
@@ -166,6 +167,8 @@ def assert_finished(folder: Path, name: str) -> None:
     assert csvs == {f"trial_{n}.csv" for n in finished}, csvs
 
 
+@pytest.mark.slow
+@pytest.mark.cpu
 @pytest.mark.parametrize("name", RUN_LOCALLY)
 def test_legacy_fixture_runs(name: str, tmp_path: Path) -> None:
     folder = _copy(name, tmp_path)
@@ -173,6 +176,8 @@ def test_legacy_fixture_runs(name: str, tmp_path: Path) -> None:
     assert_finished(folder, name)
 
 
+@pytest.mark.slow
+@pytest.mark.cpu
 def test_holodec_vae_reload_needs_the_users_study_and_runs_after_the_torch_edit(tmp_path: Path) -> None:
     folder = _copy("holodec_vae", tmp_path)
     hyper, model = FIXTURES["holodec_vae"]
@@ -191,6 +196,7 @@ def test_holodec_vae_reload_needs_the_users_study_and_runs_after_the_torch_edit(
 # main branch's hyper_opt on a copy of the folder) and passes now.
 
 
+@pytest.mark.slow
 def test_seals_ml_import_path_objective_gets_the_predecessors_names(tmp_path: Path) -> None:
     """seals-ml's objective imports echo.src.* and its own package relatively: given as the import
     path sealsml.keras.objective:Objective it must get the stand-ins, as a file objective does."""
@@ -200,6 +206,7 @@ def test_seals_ml_import_path_objective_gets_the_predecessors_names(tmp_path: Pa
     assert "stand-ins for echo.src.base_objective" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_echo_readme_file_with_a_notes_entry_loads_with_a_warning(tmp_path: Path) -> None:
     """No public echo-opt-format file with an extra top-level key was found (README.md); this is
     echo_readme's real file with a ``notes:`` entry added, as research projects keep one."""
@@ -210,6 +217,8 @@ def test_echo_readme_file_with_a_notes_entry_loads_with_a_warning(tmp_path: Path
     assert "top-level key 'notes' is not one hyper_opt reads" in proc.stderr and "as echo-opt did" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.cpu
 def test_miles_holodec_trainer_writes_its_epoch_logs_under_trial_results(tmp_path: Path) -> None:
     """miles-holodec's Trainer.fit writes save_loc/trial_results/training_log_N.csv every epoch and
     relied on echo-opt to have made that folder (save_loc is the hyperparameter file's save_path)."""

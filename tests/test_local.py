@@ -166,6 +166,7 @@ def test_ctrl_c_stops_workers_and_leaves_no_running_trial(tmp_path: Path) -> Non
     assert len(study.trials) < 100
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried_by_the_launcher(tmp_path: Path) -> None:
     code = textwrap.dedent('''
         import os, signal

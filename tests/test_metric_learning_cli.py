@@ -14,6 +14,8 @@ import yaml
 
 from conftest import REPO, write_search
 
+pytestmark = pytest.mark.cpu  # trains models: holds a CPU slot (tests/conftest.py, cpu_slot)
+
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("torch")
 pytest.importorskip("pytorch_metric_learning")

@@ -6,7 +6,7 @@ Slurm's torque wrapper stays first on PATH (tests/test_pbs.py uses it); these te
 hyper_opt at OpenPBS's commands with ``HYPER_OPT_PBS_BIN`` (the ``pbs_cluster`` fixture's folder).
 A PBS job gets none of the submitting environment, so each search's ``bash`` lines export what
 the job needs: this checkout on PYTHONPATH (the job runs this code, which it prints) and the
-database password. The node advertises 4 GPUs (``ngpus``) and no cgroup hook, as docs/pbs.md says.
+database password. The node advertises 16 GPUs (``ngpus``, at most 4 per job) and no cgroup hook, as docs/pbs.md says.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ ENQUEUE = [{"x": 2.0, "act": "relu", "lr": 0.01}, {"x": 1.0, "act": "tanh", "lr"
            {"x": 2.5, "act": "tanh", "lr": 0.003}]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# the module-scoped search is run once: every test of this module on one xdist worker
+pytestmark = pytest.mark.xdist_group("report")
+
 
 def _study(s: Search) -> optuna.Study:
     config, _ = load_config(s.hyper)

@@ -40,6 +40,9 @@ PARAMETERS = {
     "model:act": {"type": "categorical", "settings": {"name": "act", "choices": ["relu", "tanh"]}},
 }
 
+# the module-scoped search is run once: every test of this module on one xdist worker
+pytestmark = pytest.mark.xdist_group("rerun")
+
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory: pytest.TempPathFactory) -> Search:

@@ -15,12 +15,13 @@ import sqlalchemy
 from hyper_opt.connections import ServerConnections, assess, check, report
 from hyper_opt.storage import CONNECTIONS_PER_WORKER
 
-from .conftest import answering_url, write_search
+from .conftest import _check_marked, answering_url, write_search
 
 
-@pytest.fixture(scope="session")
-def pgbouncer_url() -> str:
+@pytest.fixture
+def pgbouncer_url(request: pytest.FixtureRequest) -> str:
     """PgBouncer in transaction mode in front of the local PostgreSQL (scripts/local_cluster.sh)."""
+    _check_marked(request, "pgbouncer_url")
     return answering_url("HYPER_OPT_TEST_PGBOUNCER_URL", "PgBouncer")
 
 

@@ -49,7 +49,7 @@ def test_status_of_a_single_objective_study(tmp_path: Path) -> None:
         "s on node7 job - gpu 3")
 
 
-@pytest.mark.parametrize("on", ["sqlite", "postgres"])
+@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_status_of_a_multi_objective_study(tmp_path: Path, on: str, request: pytest.FixtureRequest) -> None:
     storage = request.getfixturevalue("pg_url") if on == "postgres" else None
     s, study = _multi_study(tmp_path / "multi", storage=storage)

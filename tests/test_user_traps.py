@@ -156,6 +156,7 @@ def test_a_code_error_after_finished_trials_fails_only_its_trial(tmp_path: Path)
 # ------------------------------------------------------------------ 5. --reload without the original --set
 
 
+@pytest.mark.slow
 def test_reload_without_the_original_set_is_refused_unless_accepted(tmp_path: Path) -> None:
     s = write_search(tmp_path / "s", optuna={"n_trials": 2}, model={"model": {"x": 0.0}, "steps": 3})
     s.cli("optimize", "hyper.yml", "model.yml", "--set", "steps=1", check=True)
