@@ -110,7 +110,7 @@ def test_a_trial_reporting_in_a_tight_loop_keeps_its_heartbeat(tmp_path: Path, p
 # Reports once, pauses without using the database (the heartbeat thread alone uses the
 # connection: it is the one that meets the stall), then reports again.
 PAUSING = textwrap.dedent('''
-    import os, time
+    import os, threading, time
     from hyper_opt import BaseObjective
 
     class Objective(BaseObjective):
@@ -119,9 +119,15 @@ PAUSING = textwrap.dedent('''
             deadline = time.monotonic() + 120
             while not os.path.exists(conf["go"]) and time.monotonic() < deadline:  # the test says when
                 time.sleep(0.1)
+            # two threads of this worker now use its one connection at once (as the heartbeat thread
+            # and the trial do): whichever comes second waits for the pool while the first is stuck
+            # on the stopped server, whatever the machine's load does to the heartbeat's timing
+            side = threading.Thread(target=self.report, args=(trial, 100.0, 100))
+            side.start()
             for step in range(1, 20):
                 self.report(trial, float(step), step)
                 time.sleep(0.05)
+            side.join()
             return {"val_loss": 1.0}
 ''')
 
@@ -146,10 +152,10 @@ def _backend_pid(url: str, app: str, timeout: float = 30) -> int:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_stalled_server_backend_is_waited_out_not_turned_into_a_fail(tmp_path: Path, pg_url: str) -> None:
-    """Issue 21, item 2: the worker's server process stops (SIGSTOP) while the heartbeat thread
-    uses the connection; the trial's next report waits for the pool longer than its timeout
-    (shortened to 2 s here) and must be retried, not fail the trial; the stall ends (SIGCONT)
-    and the trial completes."""
+    """Issue 21, item 2: the worker's server process stops (SIGSTOP) while a thread of the worker
+    (the heartbeat's, and here a second reporting thread of the trial) uses the connection; a
+    report waits for the pool longer than its timeout (shortened to 2 s here) and must be
+    retried, not fail the trial; the stall ends (SIGCONT) and the trial completes."""
     go = tmp_path / "go"
     s = write_search(tmp_path / "s", objective=PAUSING, model={"go": str(go)},
                      optuna={"storage": pg_url, "n_trials": 1, "heartbeat_interval": 1, "grace_period": 60,
@@ -172,7 +178,7 @@ def test_a_stalled_server_backend_is_waited_out_not_turned_into_a_fail(tmp_path:
         assert [(t.number, t.state) for t in trials] == [(0, TS.COMPLETE)], (
             [(t.number, t.state, t.user_attrs.get("error")) for t in trials], out[-3000:])
         assert worker.returncode == 0, out[-3000:]
-        assert "database unreachable" in out, "the stall was met (a pool timeout) and waited out"
+        assert "database unreachable" in out, ("the stall was met (a pool timeout) and waited out", out[-4000:])
     finally:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):  # never leave a server process stopped

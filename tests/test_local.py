@@ -61,6 +61,7 @@ def test_reload_zero_refuses_an_existing_study_and_changes_nothing(tmp_path: Pat
     assert len(_study(s).trials) == before[1]
 
 
+@pytest.mark.slow
 def test_reload_continues_to_the_new_n_trials(tmp_path: Path) -> None:
     s = write_search(tmp_path / "s", optuna={"n_trials": 4, "enqueue": [{"x": 2.0}]})
     s.cli("optimize", "hyper.yml", "model.yml", check=True)

@@ -298,6 +298,7 @@ def _open_at_once(folder: Path, n: int, round_: str) -> list[subprocess.Complete
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path: Path, backend: str,
                                                              request: pytest.FixtureRequest) -> None:

@@ -197,6 +197,7 @@ def test_dry_run_says_the_real_run_would_refuse_the_study_and_exits_non_zero(tmp
 # ------------------------------------------------------------------ 13. status figures
 
 
+@pytest.mark.slow
 def test_status_shows_the_budget_the_search_runs_with_and_no_rate_over_seconds(tmp_path: Path) -> None:
     s = write_search(tmp_path / "s", optuna={"n_trials": 12})
     s.cli("optimize", "hyper.yml", "model.yml", "--set", "optuna:n_trials=3", check=True)
