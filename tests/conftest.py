@@ -111,7 +111,7 @@ def search(tmp_path: Path) -> Search:
 
 
 # ---------------------------------------------------------------------------------------- tiers
-# A test's tier follows from what it uses (README, "Tests"): asking for one of these fixtures marks
+# A test's tier follows from what it uses (README, "Development"): asking for one of these fixtures marks
 # it with the service's marker, and any of those markers adds ``services``. The fast tier is
 # ``-m "not services and not slow"``. A test that reaches a service some other way (a parameter
 # that calls request.getfixturevalue) marks that parameter; one that does not is failed by the
