@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import submitit  # noqa: F401 - see below
 import yaml
+
+# submitit configures logging when it is first imported (logging.config.dictConfig), and that closes
+# every logging handler that exists then. absl's handler (keras imports absl) closes its stream on
+# close unless that stream is the current sys.stderr/stdout. So a first import of submitit inside a
+# capsys test, after keras, closed pytest's own capture file, and every later test of that xdist
+# worker failed with "I/O operation on closed file". Imported above, before any test, submitit
+# configures logging once, while no such handler exists.
 
 REPO = Path(__file__).resolve().parents[1]
 # In CI, or when scripts/test.sh started the services itself, a missing service fails its tests.
