@@ -147,6 +147,14 @@ def _check_marked(request: pytest.FixtureRequest, fixture: str) -> None:
                     "leaves it out", pytrace=False)
 
 
+def _marked_service(request: pytest.FixtureRequest, fixture: str, session_fixture: str) -> Any:
+    """The value of ``session_fixture`` (the service, looked for once per session), once the test
+    asking for ``fixture`` is checked to carry its marker: checked first, so that an unmarked test
+    fails the same way whether or not the service runs."""
+    _check_marked(request, fixture)
+    return request.getfixturevalue(session_fixture)
+
+
 CPU_SLOTS = int(os.environ.get("HYPER_OPT_TEST_CPU_SLOTS") or os.cpu_count() or 1)
 
 
@@ -213,8 +221,7 @@ def _pg_url() -> str:
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> str:
     """URL of the local PostgreSQL (password from PGPASSWORD, never in the URL)."""
-    _check_marked(request, "pg_url")  # before the service is looked for
-    return request.getfixturevalue("_pg_url")
+    return _marked_service(request, "pg_url", "_pg_url")
 
 
 @pytest.fixture
@@ -236,8 +243,7 @@ def private_pg(request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture
 def slurm_cluster(request: pytest.FixtureRequest) -> str:
     """The local Slurm cluster; returns the node name."""
-    _check_marked(request, "slurm_cluster")  # before the service is looked for
-    return request.getfixturevalue("_slurm_node")
+    return _marked_service(request, "slurm_cluster", "_slurm_node")
 
 
 @pytest.fixture(scope="session")
@@ -257,8 +263,7 @@ PBS_VENDOR = Path(os.environ.get("HYPER_OPT_PBS_VENDOR") or REPO.parent / "share
 @pytest.fixture
 def pbs_cluster(request: pytest.FixtureRequest) -> Path:
     """The local OpenPBS server; see _pbs_bin."""
-    _check_marked(request, "pbs_cluster")  # before the service is looked for
-    return request.getfixturevalue("_pbs_bin")
+    return _marked_service(request, "pbs_cluster", "_pbs_bin")
 
 
 @pytest.fixture(scope="session")

@@ -107,8 +107,8 @@ def test_a_trial_reporting_in_a_tight_loop_keeps_its_heartbeat(tmp_path: Path, p
         _delete(pg_url, s)
 
 
-# Reports once, pauses without using the database (the heartbeat thread alone uses the
-# connection: it is the one that meets the stall), then reports again.
+# Reports once, waits without using the database until the test creates conf["go"] (meanwhile the
+# heartbeat thread alone uses the connection and meets the stall), then reports from two threads.
 PAUSING = textwrap.dedent('''
     import os, threading, time
     from hyper_opt import BaseObjective
