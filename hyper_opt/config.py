@@ -43,7 +43,7 @@ from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-ex
     FORMATS, HYPER_SECTIONS, LOCAL_KEYS, LOG_KEYS, LOG_LEVELS, OPTUNA_KEYS, OWN_KEYS, PARAM_SETTINGS, PBS_KEYS,
     SLURM_KEYS, STORAGE_TYPES, STUDY_NAME, ComponentSpec, HyperConfig, ObjectiveSpec, OptunaSpec, ParameterSpec,
     SchedulerSpec, StorageSpec)
-from hyper_opt.script_values import check_script_values
+from hyper_opt.sections import _resolve, check_job_values, check_local, check_scheduler
 from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
 from hyper_opt.space import check_parameters as _check_parameters
 from hyper_opt.space import value_problem as _value_problem
@@ -151,9 +151,6 @@ def _check_storage(chk: _Checker, opt: Mapping[str, Any], save_path: Path, study
     return StorageSpec(kind="sqlite", url=f"sqlite:///{path}", path=path)
 
 
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _resolve_objective(chk: _Checker, value: Any, base: Path, other: Path | None = None) -> ObjectiveSpec | None:
@@ -207,60 +204,6 @@ def _resolve_objective(chk: _Checker, value: Any, base: Path, other: Path | None
     # Imported (and its class checked) by hyper_opt.loader, which gives it the predecessors' names
     # when it uses them and turns a sys.exit there into a message: reading YAML imports no user code.
     return ObjectiveSpec(file=None, module=target, class_name=class_name)
-
-
-def _tasks_per_worker(chk: _Checker, sec: Mapping[str, Any], section: str) -> int:
-    """``tasks_per_worker``, or ``trials_per_job``, its name in echo-opt before 1.0."""
-    key = "tasks_per_worker"
-    if "trials_per_job" in sec:
-        if key in sec:
-            chk.add(f"{section}:trials_per_job", "is echo-opt's old name of tasks_per_worker: give one of them")
-        else:
-            logger.info("%s:trials_per_job is read as tasks_per_worker (its name since echo-opt 1.0)", section)
-            key = "trials_per_job"
-    return chk.integer(sec.get(key), f"{section}:{key}", minimum=1, default=1)
-
-
-def _check_scheduler(chk: _Checker, raw: Any, section: str, allowed: Sequence[str],
-                     base: Path, save_path: Path) -> SchedulerSpec | None:
-    if raw is None:
-        return None
-    sec = chk.mapping(raw, section)
-    chk.unknown_keys(sec, allowed, section)
-    batch = chk.mapping(sec.get("batch"), f"{section}:batch")
-    for key, value in batch.items():
-        bad = (value is None or isinstance(value, (dict,)) or
-               (isinstance(value, list) and section == "slurm"))
-        if bad:
-            chk.add(f"{section}:batch:{key}", f"must be a string or number, got {value!r}")
-    # control characters (a newline becomes a directive of its own): script_values, in load_config
-    bash = chk.strings(sec.get("bash"), f"{section}:bash")
-    folder = sec.get("folder")
-    return SchedulerSpec(
-        jobs=chk.integer(sec.get("jobs"), f"{section}:jobs", minimum=1, default=1),
-        batch=dict(batch),
-        bash=bash,
-        kernel=chk.string(sec.get("kernel"), f"{section}:kernel"),
-        gpus_per_node=chk.integer(sec.get("gpus_per_node"), f"{section}:gpus_per_node", minimum=0, default=0),
-        tasks_per_worker=_tasks_per_worker(chk, sec, section),
-        array=chk.boolean(sec.get("array"), f"{section}:array", default=False),
-        folder=_resolve(base, folder) if isinstance(folder, str) else save_path / DEFAULT_SCHEDULER_FOLDER,
-        signal_delay_s=chk.integer(sec.get("signal_delay_s"), f"{section}:signal_delay_s", minimum=0, default=DEFAULT_SIGNAL_DELAY_S),
-        python=chk.string(sec.get("python"), f"{section}:python"),
-    )
-
-
-def _check_job_values(chk: _Checker, hyper: Mapping[str, Any], opt: Mapping[str, Any], save_path: Path,
-                      slurm: SchedulerSpec | None, pbs: SchedulerSpec | None,
-                      files: tuple[Path, str | Path | None], overrides: Sequence[str]) -> None:
-    """With a ``slurm``/``pbs`` section: no control character in what reaches a job script."""
-    if slurm is None and pbs is None:
-        return
-    save_key = "optuna:save_path" if "save_path" not in hyper and "save_path" in opt else "save_path"
-    check_script_values(chk, hyper, overrides=overrides, paths={
-        save_key: save_path, "slurm:folder": slurm.folder if slurm else None,
-        "pbs:folder": pbs.folder if pbs else None, "the hyperparameter file": files[0],
-        "the model config file": Path(files[1]) if files[1] is not None else None})
 
 
 # --------------------------------------------------------------------------- formats
@@ -356,12 +299,10 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
     log_file, log_level = _check_log(chk, hyper.get("log"), base, save_path)
     search = _check_search(chk, opt, base=base, hyper_path=hyper_path, save_path=save_path,
                            url_base=None if file_format == "hyper_opt" else base)
-    slurm = _check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
-    pbs = _check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
-    _check_job_values(chk, hyper, opt, save_path, slurm, pbs, (hyper_path, model_path), overrides)
-    local = chk.mapping(hyper.get("local"), "local")
-    chk.unknown_keys(local, LOCAL_KEYS, "local")
-    local_workers = chk.integer(local.get("workers"), "local:workers", minimum=1, default=1)
+    slurm = check_scheduler(chk, hyper.get("slurm"), "slurm", SLURM_KEYS, base, save_path)
+    pbs = check_scheduler(chk, hyper.get("pbs"), "pbs", PBS_KEYS, base, save_path)
+    check_job_values(chk, hyper, opt, save_path, slurm, pbs, (hyper_path, model_path), overrides)
+    local_workers, local_gpus_per_trial = check_local(chk, hyper.get("local"))
     if model is not None and search["parameters"]:
         _check_model_paths(chk, search["parameters"], model, strict=strict, model_path=model_path)
     running = _check_running(chk, opt, file_format)
@@ -387,6 +328,7 @@ def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
         slurm=slurm,
         pbs=pbs,
         local_workers=local_workers,
+        local_gpus_per_trial=local_gpus_per_trial,
         overrides=tuple(overrides),
         raw=copy.deepcopy(hyper),
         format=file_format,

@@ -107,6 +107,8 @@ class BaseObjective:
         from hyper_opt.results import atomic_open
 
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
+        if os.environ.get("RANK", "0") != "0" and getattr(trial, "distributed", False):
+            return path  # a distributed trial's checkpoint is rank 0's; the other ranks load it
         with atomic_open(path, "wb") as fh:
             os.fchmod(fh.fileno(), 0o600)
             pickle.dump(state, fh)
@@ -178,10 +180,18 @@ class BaseObjective:
         conf = self.update_config(trial)
         results = self.train(trial, conf)
         values = self.values(results)
-        extra = {str(k): _jsonable(v) for k, v in results.items()}
-        with_db_retry(lambda: trial.set_user_attr("metrics", {k: v for k, v in extra.items() if v is not None}),
-                      seconds=self._db_retry_seconds, what="recording the trial's metrics")
+        self.record_metrics(trial, self.metrics(results))
         return values
+
+    @staticmethod
+    def metrics(results: Mapping[str, Any]) -> dict[str, float | int | str]:
+        """What of ``train``'s dict is kept with the trial (the ``metrics`` attribute): its JSON-able values."""
+        extra = {str(k): _jsonable(v) for k, v in results.items()}
+        return {k: v for k, v in extra.items() if v is not None}
+
+    def record_metrics(self, trial: optuna.Trial, metrics: Mapping[str, Any]) -> None:
+        with_db_retry(lambda: trial.set_user_attr("metrics", dict(metrics)),
+                      seconds=self._db_retry_seconds, what="recording the trial's metrics")
 
 
 def _check_private(path: Path) -> None:
@@ -228,9 +238,14 @@ def trial_device(gpu: bool, env: Mapping[str, str] | None = None) -> str:
 
 
 def pick_device(env: Mapping[str, str] | None = None) -> str:
-    """``cuda:0`` when exactly one GPU is visible and torch sees it, else ``cpu``."""
+    """``cuda:0`` when exactly one GPU is visible and torch sees it, else ``cpu``; on a rank of a
+    distributed trial (which sees the trial's GPUs, as under torchrun) ``cuda:<LOCAL_RANK>``."""
     env = os.environ if env is None else env
     visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    index = 0
+    local = env.get("LOCAL_RANK", "")
+    if len(visible) > 1 and local.isdigit() and int(env.get("LOCAL_WORLD_SIZE", "0") or 0) == len(visible):
+        index, visible = int(local), [visible[int(local)]] if int(local) < len(visible) else []
     if len(visible) != 1 or visible[0].strip() in ("-1", "NoDevFiles"):
         return "cpu"
     try:
@@ -238,6 +253,6 @@ def pick_device(env: Mapping[str, str] | None = None) -> str:
     except ImportError:
         return "cpu"
     try:
-        return "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() >= 1 else "cpu"
+        return f"cuda:{index}" if torch.cuda.is_available() and torch.cuda.device_count() > index else "cpu"
     except Exception:  # a broken driver must not stop the search
         return "cpu"

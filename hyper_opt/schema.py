@@ -44,10 +44,10 @@ OPTUNA_KEYS = (
     "db_retry_seconds",
 )
 SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "trials_per_job", "array",
-              "folder", "signal_delay_s", "python")
+              "folder", "signal_delay_s", "python", "gpus_per_trial", "nodes_per_trial")
 PBS_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "trials_per_job", "array",
-            "python")
-LOCAL_KEYS = ("workers",)
+            "python", "gpus_per_trial", "nodes_per_trial")
+LOCAL_KEYS = ("workers", "gpus_per_trial")
 LOG_KEYS = ("save_path", "level")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -165,10 +165,14 @@ class SchedulerSpec:
     folder: Path | None = None
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
     python: str | None = None
+    gpus_per_trial: int = 1  # ranks per trial on each node, one GPU each
+    nodes_per_trial: int = 1
 
     @property
     def workers_per_job(self) -> int:
-        return max(self.gpus_per_node, 1) * self.tasks_per_worker
+        """Trials a job runs at a time: one worker per group of gpus_per_trial GPUs, x tasks_per_worker."""
+        slots = self.gpus_per_node // self.gpus_per_trial if self.gpus_per_node else 1
+        return max(slots, 1) * self.tasks_per_worker
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,7 @@ class HyperConfig:
     raw: Mapping[str, Any]  # the hyperparameter YAML after overrides (for the objective)
     format: str = "hyper_opt"  # one of FORMATS: how the file was read (see detect_format)
     base_dir: Path | None = None  # what relative paths in the file were resolved against
+    local_gpus_per_trial: int = 1  # local:gpus_per_trial, ranks per trial in a local search
 
     @property
     def trials_dir(self) -> Path:

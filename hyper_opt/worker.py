@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from hyper_opt import failpoints, results
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
 from hyper_opt.code_errors import code_error_stop, stop_on_code_error
+from hyper_opt.distributed import RankLost, TrialSize, run_ranks
 from hyper_opt.heartbeat import Heartbeat
 from hyper_opt.loader import instantiate
 from hyper_opt.signals import interrupt_at_safe_point, stop_tracing
@@ -104,8 +105,9 @@ def run_context() -> dict[str, str]:
 
 class Worker:
     def __init__(self, config: HyperConfig, model: dict[str, Any], *, worker_index: int = 0,
-                 deadline: float | None = None, max_trials: int | None = None) -> None:
+                 deadline: float | None = None, max_trials: int | None = None, size: TrialSize | None = None) -> None:
         self.config = config
+        self.size = size or TrialSize()  # ranks per trial (hyper_opt.distributed); 1: train in this process
         self.model = model
         self.worker_index = worker_index
         self.deadline = deadline  # time.time() by which the worker must have exited
@@ -172,8 +174,9 @@ class Worker:
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested
         objective._db_retry_seconds = self.config.optuna.db_retry_seconds
-        logger.info("worker %d: study %r, device %s, pid %d", self.worker_index,
-                    self.config.optuna.study_name, device, os.getpid())
+        logger.info("worker %d: study %r, device %s, pid %d%s", self.worker_index,
+                    self.config.optuna.study_name, device, os.getpid(),
+                    f"; {self.size.describe()}" if self.size.ranks > 1 else "")
         self._seed_durations(opened)
         consecutive_failures = 0
         try:
@@ -390,7 +393,7 @@ class Worker:
                 logger.info("worker %d: trial %d started%s", self.worker_index, trial.number,
                             f" (retry of trial {origin})" if origin is not None else "")
                 failpoints.hit("in_train", fail_trial=lambda: self._fail_elsewhere(opened, trial_id))
-                values = objective(trial)
+                values = self._train(objective, trial)
             finally:
                 self._in_trial = False
                 stop_tracing(self)
@@ -416,9 +419,17 @@ class Worker:
                 heartbeat.__exit__(None, None, None)
         self._durations.append(time.time() - started)
         frozen = self._record(opened, trial, trial_id, state, values, error)
-        if self._stop_requested and frozen.state == TS.FAIL and error and "Interrupted" in error:
+        interrupted = self._stop_requested and error and "Interrupted" in error
+        if frozen.state == TS.FAIL and (interrupted or isinstance(self._last_error, RankLost)):
             self._retry(opened, frozen)
         return frozen
+
+    def _train(self, objective: BaseObjective, trial: optuna.Trial) -> Any:
+        """``objective(trial)`` here, or on the trial's ranks (hyper_opt.distributed) when it has more than one."""
+        if self.size.ranks == 1:
+            return objective(trial)
+        return run_ranks(objective=objective, trial=trial, size=self.size, config=self.config,
+                         stop_event=self.stop_requested, retry_seconds=self.config.optuna.db_retry_seconds)
 
     def _retry(self, opened: Opened, frozen: optuna.trial.FrozenTrial) -> None:
         """Re-queue an interrupted trial (scancel, preemption, Ctrl-C) like a stale one: a WAITING

@@ -13,9 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, metavar="EPOCH_S",
                    help="exit before this time (seconds since the epoch); in a Slurm job the job's end time")
     p.add_argument("--max-trials", type=int, metavar="N", help="run at most N trials in this worker")
+    p.add_argument("--gpus-per-trial", type=int, default=1, metavar="G",
+                   help="ranks per trial on each node, one GPU each (the launcher passes gpus_per_trial)")
+    p.add_argument("--nodes-per-trial", type=int, default=1, metavar="K", help="nodes per trial (Slurm/PBS jobs)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from hyper_opt.distributed import TrialSize
     from hyper_opt.secrets import take_from_env
     from hyper_opt.worker import Stop, Worker
 
@@ -28,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
         deadline = job_deadline()
     report = Worker(config, model or {}, worker_index=args.worker_index, deadline=deadline,
-                    max_trials=args.max_trials).run()
+                    max_trials=args.max_trials,
+                    size=TrialSize(max(1, args.gpus_per_trial), max(1, args.nodes_per_trial))).run()
     if report.stop is Stop.FAILURES:
         return EXIT_FAILED
     return EXIT_OK

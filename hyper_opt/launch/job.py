@@ -77,23 +77,51 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
     return []
 
 
-def plan_workers(env: Mapping[str, str], *, gpus_per_node: int, tasks_per_worker: int) -> list[str]:
-    """CUDA_VISIBLE_DEVICES for each worker of a job ("" for a CPU worker)."""
+def plan_workers(env: Mapping[str, str], *, gpus_per_node: int, tasks_per_worker: int,
+                 gpus_per_trial: int = 1) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each worker of a job ("" for a CPU worker): one GPU each, or a
+    group of ``gpus_per_trial`` GPUs for the ranks of a distributed trial."""
     gpus = visible_gpus(env)
     if gpus_per_node and len(gpus) > gpus_per_node:
         gpus = gpus[:gpus_per_node]
-    if not gpus:
-        return [""] * (max(gpus_per_node, 1) * tasks_per_worker)
-    return [gpu for gpu in gpus for _ in range(tasks_per_worker)]
+    g = max(gpus_per_trial, 1)
+    if len(gpus) < g:  # no GPU (or too few for one trial): CPU workers, their ranks on the CPU
+        return [""] * (max(gpus_per_node // g, 1) * tasks_per_worker)
+    groups = [",".join(gpus[i:i + g]) for i in range(0, len(gpus) - g + 1, g)]
+    return [group for group in groups for _ in range(tasks_per_worker)]
+
+
+def jobs_workers(spec: SchedulerSpec, gpus: int | None) -> int:
+    """Workers (trials at a time) in each job: from gpus_per_node, else from the GPUs the job's
+    batch options ask for, one group of gpus_per_trial each."""
+    if spec.gpus_per_node or not gpus:
+        return spec.workers_per_job
+    return max(gpus // spec.gpus_per_trial, 1) * spec.tasks_per_worker
+
+
+def trial_plan(spec: SchedulerSpec, workers: int) -> str:
+    """The --dry-run line about a trial's size: trials at a time, ranks per trial, GPUs per rank."""
+    ranks = spec.gpus_per_trial * spec.nodes_per_trial
+    if ranks == 1:
+        return f"{workers} at a time per job, 1 rank each (train runs in the worker), 1 GPU per rank"
+    where = (f"{spec.gpus_per_trial} per node on {spec.nodes_per_trial} nodes (srun/pbsdsh)"
+             if spec.nodes_per_trial > 1 else "on the job's node")
+    return (f"{workers} at a time per job, {ranks} ranks each ({where}; RANK, LOCAL_RANK, WORLD_SIZE, "
+            f"MASTER_ADDR/MASTER_PORT set as torchrun does), 1 GPU per rank")
 
 
 def worker_argv(hyper_path: str, model_path: str | None, overrides: Sequence[str], *, worker_index: int,
-                deadline: float | None = None, python: str | None = None) -> list[str]:
+                deadline: float | None = None, python: str | None = None, gpus_per_trial: int = 1,
+                nodes_per_trial: int = 1) -> list[str]:
     """The argv of one worker in a job (the same overrides as the submitting command)."""
     cmd = [python or sys.executable, "-m", "hyper_opt.run", hyper_path]
     if model_path:
         cmd.append(model_path)
     cmd += ["--worker-index", str(worker_index)]
+    if gpus_per_trial > 1:
+        cmd += ["--gpus-per-trial", str(gpus_per_trial)]
+    if nodes_per_trial > 1:
+        cmd += ["--nodes-per-trial", str(nodes_per_trial)]
     if deadline is not None:
         cmd += ["--deadline", f"{deadline:.0f}"]
     for override in overrides:
@@ -102,8 +130,8 @@ def worker_argv(hyper_path: str, model_path: str | None, overrides: Sequence[str
 
 
 def start_workers(plan: Sequence[str], *, hyper_path: str, model_path: str | None, overrides: Sequence[str],
-                  job_index: int, deadline: float | None,
-                  env: Mapping[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
+                  job_index: int, deadline: float | None, env: Mapping[str, str] | None = None,
+                  gpus_per_trial: int = 1, nodes_per_trial: int = 1) -> list[subprocess.Popen[bytes]]:
     """Start one worker per entry of ``plan``, each seeing only its GPU; worker indices are
     ``job_index * len(plan) + i`` (they offset the sampler's seed)."""
     base_env = dict(os.environ if env is None else env)
@@ -111,7 +139,7 @@ def start_workers(plan: Sequence[str], *, hyper_path: str, model_path: str | Non
     for i, gpu in enumerate(plan):
         worker_env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
         cmd = worker_argv(hyper_path, model_path, overrides, worker_index=job_index * len(plan) + i,
-                          deadline=deadline)
+                          deadline=deadline, gpus_per_trial=gpus_per_trial, nodes_per_trial=nodes_per_trial)
         procs.append(subprocess.Popen(cmd, env=worker_env))
     return procs
 
@@ -156,15 +184,18 @@ def wait_all(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
 
 def run_job(*, hyper_path: str, model_path: str | None, overrides: Sequence[str], job_index: int,
             gpus_per_node: int, tasks_per_worker: int, deadline: float | None, stop_margin_s: int,
-            job_id: str, env: Mapping[str, str] | None = None) -> list[int]:
+            job_id: str, env: Mapping[str, str] | None = None, gpus_per_trial: int = 1,
+            nodes_per_trial: int = 1) -> list[int]:
     """A job's whole life on its node: plan, start, forward signals, wait; the exit codes."""
     env = dict(os.environ if env is None else env)
-    plan = plan_workers(env, gpus_per_node=gpus_per_node, tasks_per_worker=tasks_per_worker)
+    plan = plan_workers(env, gpus_per_node=gpus_per_node, tasks_per_worker=tasks_per_worker,
+                        gpus_per_trial=gpus_per_trial)
     stop_at = deadline - stop_margin_s if deadline is not None else None
     left = f"; workers stop starting trials in {stop_at - time.time():.0f} s" if stop_at else ""
     print(f"hyper_opt job {job_id}: {len(plan)} worker(s), GPUs {plan}{left}", flush=True)
     procs = start_workers(plan, hyper_path=hyper_path, model_path=model_path, overrides=overrides,
-                          job_index=job_index, deadline=stop_at, env=env)
+                          job_index=job_index, deadline=stop_at, env=env, gpus_per_trial=gpus_per_trial,
+                          nodes_per_trial=nodes_per_trial)
     restore = forward_signals(procs)
     try:
         codes = wait_all(procs)
@@ -186,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-index", type=int, default=0)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--tasks-per-worker", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=int, default=1)
+    p.add_argument("--nodes-per-trial", type=int, default=1)
     p.add_argument("--stop-margin", type=int, default=0, help="seconds before the walltime to stop starting trials")
     p.add_argument("--walltime", type=int, help="the job's walltime in seconds, when qstat cannot tell")
     return p
@@ -218,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_index = int(array_index) if array_index.isdigit() else args.job_index
     codes = run_job(hyper_path=args.hyper, model_path=args.model, overrides=args.overrides, job_index=job_index,
                     gpus_per_node=args.gpus_per_node, tasks_per_worker=args.tasks_per_worker,
-                    deadline=deadline, stop_margin_s=args.stop_margin, job_id=job_id(env) or "?", env=env)
+                    deadline=deadline, stop_margin_s=args.stop_margin, job_id=job_id(env) or "?", env=env,
+                    gpus_per_trial=args.gpus_per_trial, nodes_per_trial=args.nodes_per_trial)
     return 0 if all(c == 0 for c in codes) else 1
 
 

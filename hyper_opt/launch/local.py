@@ -36,7 +36,23 @@ def worker_command(config: HyperConfig, *, worker_index: int, extra: Sequence[st
 
     model = str(config.model_path) if config.model_path is not None else None
     overrides = secrets.for_worker(config.overrides)[0]  # a password goes by environment
-    return worker_argv(str(config.hyper_path), model, overrides, worker_index=worker_index) + list(extra)
+    return worker_argv(str(config.hyper_path), model, overrides, worker_index=worker_index,
+                       gpus_per_trial=config.local_gpus_per_trial) + list(extra)
+
+
+def local_gpu_groups(config: HyperConfig, workers: int, env: dict[str, str]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each local worker of a search with ``local:gpus_per_trial`` > 1:
+    its own group of the visible GPUs while there are enough, else unchanged (None)."""
+    from hyper_opt.launch.job import visible_gpus
+
+    g = config.local_gpus_per_trial
+    gpus = visible_gpus(env)
+    if g == 1 or len(gpus) < g * workers:
+        if g > 1 and gpus:
+            logger.warning("local:gpus_per_trial is %d with %d worker(s) but %d GPU(s) are visible: the "
+                           "workers' ranks share them", g, workers, len(gpus))
+        return [None] * workers
+    return [",".join(gpus[i * g:(i + 1) * g]) for i in range(workers)]
 
 
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} finished [{elapsed}]{postfix}"
@@ -103,11 +119,11 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(secrets.for_worker(config.overrides)[1])
-    for i in range(workers):
+    for i, gpus in enumerate(local_gpu_groups(config, workers, env)):
         log = open(log_dir / f"worker_{i}.log", "ab")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(worker_command(config, worker_index=i, extra=extra), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env if gpus is None else {**env, "CUDA_VISIBLE_DEVICES": gpus})
         procs.append((proc, log))
     logger.info("started %d local worker(s); logs in %s", workers, log_dir)
     record = record_local_workers(config, [p.pid for p, _ in procs])

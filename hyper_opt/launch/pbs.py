@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper_opt.schema import HyperConfig, SchedulerSpec
+from hyper_opt.distributed.launch import ONE_NODE_ENV
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.pbs_env import BIN_ENV, command, parse_qstat_full, walltime_seconds
 from hyper_opt.launch.records import record_jobs, recorded_jobs
@@ -169,8 +170,12 @@ def directives(config: HyperConfig) -> list[tuple[str, str | None]]:
     if "N" not in given:
         opts.append(("N", _job_name(config.optuna.study_name)))
     resources = [v or "" for k, v in opts if k == "l"]
-    if spec.gpus_per_node and not any("select=" in r or "ngpus=" in r for r in resources):
-        opts.append(("l", f"select=1:ngpus={spec.gpus_per_node}"))
+    k = spec.nodes_per_trial
+    if (spec.gpus_per_node or k > 1) and not any("select=" in r or "ngpus=" in r for r in resources):
+        gpus = f":ngpus={spec.gpus_per_node}" if spec.gpus_per_node else ""
+        opts.append(("l", f"select={k}:ncpus=1{gpus}" if k > 1 else f"select=1{gpus}"))
+    if k > 1 and not any("place=" in r for r in resources):  # one chunk per node (tests: all on the one node)
+        opts.append(("l", "place=pack" if os.environ.get(ONE_NODE_ENV) else "place=scatter"))
     return opts
 
 
@@ -243,6 +248,8 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
         cmd.append(str(config.model_path))
     cmd += ["--job-index", str(job_index), "--gpus-per-node", str(spec.gpus_per_node),
             "--tasks-per-worker", str(spec.tasks_per_worker), "--stop-margin", str(stop_margin_s(walltime))]
+    if spec.gpus_per_trial > 1 or spec.nodes_per_trial > 1:
+        cmd += ["--gpus-per-trial", str(spec.gpus_per_trial), "--nodes-per-trial", str(spec.nodes_per_trial)]
     if walltime is not None:
         cmd += ["--walltime", str(walltime)]
     from hyper_opt import secrets
@@ -262,9 +269,9 @@ def job_script(config: HyperConfig, *, job_index: int = 0, n_jobs: int = 1) -> s
 def workers_per_job(config: HyperConfig) -> int:
     """Workers in each job: gpus_per_node x tasks_per_worker, or one per GPU of the ``select``
     (x tasks_per_worker) when gpus_per_node is not given."""
-    spec = _spec(config)
-    gpus = requested_gpus(directives(config))
-    return spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
+    from hyper_opt.launch.job import jobs_workers
+
+    return jobs_workers(_spec(config), requested_gpus(directives(config)))
 
 
 def _jobs_needed(config: HyperConfig, remaining: int) -> int:
@@ -437,6 +444,9 @@ def dry_run(config: HyperConfig) -> None:
     array = spec.array and n_jobs > 1
     print(f"launch     {n_jobs} PBS job(s){' as one array' if array else ''} with qsub, "
           f"{workers} worker(s) each ({slots}); scripts in {config.save_path / 'pbs'}")
+    from hyper_opt.launch.job import trial_plan
+
+    print(f"trials     {trial_plan(spec, workers)}")
     if n_jobs > 1 and not array:
         print(f"job script (job 0; jobs 1-{n_jobs - 1} differ only in --job-index):")
     else:

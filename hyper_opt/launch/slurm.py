@@ -31,8 +31,9 @@ from hyper_opt.schema import HyperConfig, SchedulerSpec
 from hyper_opt.exceptions import ConfigError, SubmissionError
 from hyper_opt.launch.slurm_env import time_limit_seconds  # noqa: F401 - re-exported
 from hyper_opt.launch.records import record_jobs, recorded_jobs
-from hyper_opt.launch.job import (PYTHON_VAR, interpreter, plan_workers, start_workers,  # noqa: F401 - re-exported
-                                  visible_gpus)
+from hyper_opt.distributed.launch import ONE_NODE_ENV
+from hyper_opt.launch.job import (PYTHON_VAR, interpreter, jobs_workers, plan_workers,  # noqa: F401 - re-exported
+                                  start_workers, trial_plan, visible_gpus)
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def sbatch_parameters(config: HyperConfig) -> dict[str, Any]:
     params.setdefault("job-name", f"hyper_opt-{config.optuna.study_name}")
     if spec.gpus_per_node and not any(k in params for k in ("gres", "gpus", "gpus-per-node", "gpus-per-task")):
         params["gres"] = f"gpu:{spec.gpus_per_node}"
+    if spec.nodes_per_trial > 1:  # load_config refused a nodes value other than nodes_per_trial
+        params.setdefault("nodes", "1" if os.environ.get(ONE_NODE_ENV) else str(spec.nodes_per_trial))
     return params
 
 
@@ -176,7 +179,8 @@ class JobMain:
     """What each Slurm job runs: its worker processes, one per GPU slot, until they stop."""
 
     def __init__(self, hyper_path: str, model_path: str | None, overrides: Sequence[str], *,
-                 job_index: int, gpus_per_node: int, tasks_per_worker: int, stop_margin_s: int = 0) -> None:
+                 job_index: int, gpus_per_node: int, tasks_per_worker: int, stop_margin_s: int = 0,
+                 gpus_per_trial: int = 1, nodes_per_trial: int = 1) -> None:
         self.hyper_path = hyper_path
         self.model_path = model_path
         self.overrides = list(overrides)
@@ -184,11 +188,18 @@ class JobMain:
         self.gpus_per_node = gpus_per_node
         self.tasks_per_worker = tasks_per_worker
         self.stop_margin_s = stop_margin_s  # stop starting trials this long before the time limit
+        self.gpus_per_trial = gpus_per_trial
+        self.nodes_per_trial = nodes_per_trial
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def plan(self, env: Mapping[str, str]) -> list[str]:
         """CUDA_VISIBLE_DEVICES for each worker of this job ("" for a CPU worker)."""
-        return plan_workers(env, gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker)
+        return plan_workers(env, gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker,
+                            gpus_per_trial=self._size()[0])
+
+    def _size(self) -> tuple[int, int]:
+        """gpus_per_trial and nodes_per_trial (a job pickled before they existed has neither)."""
+        return getattr(self, "gpus_per_trial", 1), getattr(self, "nodes_per_trial", 1)
 
     def __call__(self) -> dict[str, Any]:
         plan = self.plan(os.environ)
@@ -199,7 +210,8 @@ class JobMain:
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: {n} worker(s), GPUs {plan}", flush=True)
         self._procs.extend(start_workers(plan, hyper_path=self.hyper_path, model_path=self.model_path,
                                          overrides=self.overrides, job_index=self.job_index,
-                                         deadline=end - self.stop_margin_s if end else None))
+                                         deadline=end - self.stop_margin_s if end else None,
+                                         gpus_per_trial=self._size()[0], nodes_per_trial=self._size()[1]))
         codes = [p.wait() for p in self._procs]
         print(f"hyper_opt job {os.environ.get('SLURM_JOB_ID')}: workers exited with {codes}", flush=True)
         if codes and all(code != 0 for code in codes):  # sacct then says FAILED, not COMPLETED
@@ -227,7 +239,8 @@ class JobMain:
             return None
         fresh = JobMain(self.hyper_path, self.model_path, self.overrides, job_index=self.job_index,
                         gpus_per_node=self.gpus_per_node, tasks_per_worker=self.tasks_per_worker,
-                        stop_margin_s=self.stop_margin_s)
+                        stop_margin_s=self.stop_margin_s, gpus_per_trial=self._size()[0],
+                        nodes_per_trial=self._size()[1])
         print("hyper_opt job: requeueing to continue the study", flush=True)
         return submitit.helpers.DelayedSubmission(fresh)
 
@@ -273,7 +286,8 @@ def submit(config: HyperConfig, opened: Any, *, remaining: int | None = None) ->
     overrides, secret_env = secrets.for_worker(config.overrides)
     mains = [JobMain(str(config.hyper_path), str(config.model_path) if config.model_path else None,
                      overrides, job_index=i, gpus_per_node=spec.gpus_per_node,
-                     tasks_per_worker=spec.tasks_per_worker, stop_margin_s=stop_margin_s(config))
+                     tasks_per_worker=spec.tasks_per_worker, stop_margin_s=stop_margin_s(config),
+                     gpus_per_trial=spec.gpus_per_trial, nodes_per_trial=spec.nodes_per_trial)
              for i in range(n_jobs)]
     try:
         with secrets.exported(secret_env):
@@ -351,8 +365,9 @@ def dry_run(config: HyperConfig) -> None:
     n_jobs = _jobs_needed(config, config.optuna.n_trials)
     gpus = requested_gpus(sbatch_parameters(config))
     slots = worker_label(spec.gpus_per_node, spec.tasks_per_worker, gpus)
-    workers = spec.workers_per_job if spec.gpus_per_node or not gpus else gpus * spec.tasks_per_worker
+    workers = jobs_workers(spec, gpus)
     print(f"launch     {n_jobs} Slurm job(s){' as one array' if spec.array else ''}, "
           f"{workers} worker(s) each ({slots}); jobs folder {spec.folder}")
+    print(f"trials     {trial_plan(spec, workers)}")
     print("job script:")
     print(sbatch_script(config))
