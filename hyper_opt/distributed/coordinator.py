@@ -247,6 +247,8 @@ class Coordinator:
         rank = state["rank"]
         if op == "result":
             self.results[rank] = message
+            if rank == 0:  # the others get "go" at any step rank 0 never reached
+                self._release(None)
             return
         try:
             answer = self._request(conn, rank, op, message)
@@ -271,6 +273,8 @@ class Coordinator:
         if op == "should_prune":
             step = int(message["step"])
             if rank != 0 and step not in self.decisions:
+                if 0 in self.results:
+                    return {"decision": "go"}
                 self.parked.append((conn, step))
                 return None
             if rank == 0:
@@ -291,11 +295,12 @@ class Coordinator:
                                what=f"asking the pruner at step {step}")
         return "prune" if pruned else "go"
 
-    def _release(self, step: int) -> None:
+    def _release(self, step: int | None) -> None:
+        """Answer the ranks waiting for rank 0's decision at ``step`` (at any step, with None)."""
         waiting, self.parked = self.parked, []
         for conn, asked in waiting:
-            if asked in self.decisions:
-                self._answer(conn, {"decision": self.decisions[asked]})
+            if asked in self.decisions or step is None:
+                self._answer(conn, {"decision": self.decisions.get(asked, "go")})
             else:
                 self.parked.append((conn, asked))
 

@@ -1,0 +1,242 @@
+"""Distributed trials (issue 20): ``gpus_per_trial`` / ``nodes_per_trial``, on this machine.
+
+The searches here run with ``--local`` on the embedded storage; the Slurm and OpenPBS ones are in
+tests/test_distributed_cluster.py. Every rank of a trial writes what it saw (its rank, the GPU
+its LOCAL_RANK picks, the parameters, the steps it trained) to ``out/t<trial>_r<rank>.json``, so
+the tests compare the ranks of one trial with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hyper_opt.config import load_config
+from hyper_opt.exceptions import ConfigError
+from hyper_opt.launch.job import plan_workers
+from hyper_opt.objective import pick_device
+
+from .conftest import Search, write_search
+
+TS = optuna.trial.TrialState
+
+# One objective for every distributed test; conf says what it does. With ``ddp`` it opens a gloo
+# group and all-reduces rank + 1 (so a 2-rank trial sums to 3): the real rendezvous.
+RANKED = textwrap.dedent('''
+    import json, os, signal, time
+    from pathlib import Path
+    from hyper_opt import BaseObjective
+
+    class Objective(BaseObjective):
+        def train(self, trial, conf):
+            rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+            first = "retry_of" not in trial.user_attrs
+            total = None
+            if conf.get("ddp"):
+                import torch
+                import torch.distributed as dist
+                dist.init_process_group("gloo")
+                t = torch.tensor([float(rank + 1)])
+                dist.all_reduce(t)
+                total = t.item()
+            extra = trial.suggest_int("extra", 1, 1000)  # suggested inside train, on every rank
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            state = self.load_checkpoint(trial) or {"step": 0}
+            record = {"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")),
+                      "group": os.environ.get("GROUP_RANK"), "gpu": visible.split(",")[local] if visible else "",
+                      "params": dict(trial.params), "extra": extra, "sum": total, "start": state["step"],
+                      "steps": [], "retry": not first, "device": self.device, "pid": os.getpid(),
+                      "master": [os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")]}
+            out = Path(conf["out"])
+            out.mkdir(exist_ok=True)
+            (out / f"t{trial.number}_r{rank}.started").write_text(str(os.getpid()))
+            try:
+                for step in range(state["step"], int(conf["steps"])):
+                    time.sleep(float(conf["sleep"]))
+                    if first and step == conf.get("kill_step") and rank == conf.get("kill_rank"):
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if step == conf.get("raise_step") and rank == conf.get("raise_rank"):
+                        raise ValueError(f"rank {rank} broke at step {step}")
+                    record["steps"].append(step)
+                    self.save_checkpoint(trial, {"step": step + 1})
+                    self.report(trial, float(conf["model"]["x"]) ** 2 + step, step)
+            finally:
+                (out / f"t{trial.number}_r{rank}.json").write_text(json.dumps(record))
+            return {"val_loss": float(conf["model"]["x"]) ** 2, "world": record["world"]}
+''')
+
+
+def ranked_search(folder: Path, *, extra: dict[str, Any], n_trials: int, steps: int = 3, sleep: float = 0.05,
+                  optuna_keys: dict[str, Any] | None = None, **model: Any) -> Search:
+    return write_search(folder, objective=RANKED, extra=extra,
+                        model={"model": {"x": 0.0}, "out": str(folder / "out"), "steps": steps, "sleep": sleep,
+                               **model},
+                        optuna={"n_trials": n_trials, "parameters": {
+                            "model:x": {"type": "float", "settings": {"name": "x", "low": -1.0, "high": 1.0}}},
+                            **(optuna_keys or {})})
+
+
+def rank_records(s: Search) -> dict[int, dict[int, dict[str, Any]]]:
+    """trial number -> rank -> what that rank recorded."""
+    found: dict[int, dict[int, dict[str, Any]]] = {}
+    for path in (s.folder / "out").glob("t*_r*.json"):
+        trial, rank = path.stem[1:].split("_r")
+        found.setdefault(int(trial), {})[int(rank)] = json.loads(path.read_text())
+    return found
+
+
+def study_of(s: Search, storage: str | None = None) -> optuna.Study:
+    name = s.hyper_config()["optuna"]["study_name"]
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def _problems(tmp_path: Path, extra: dict[str, Any]) -> str:
+    s = write_search(tmp_path / "s", extra=extra)
+    with pytest.raises(ConfigError) as err:
+        load_config(s.hyper, s.model)
+    return str(err.value)
+
+
+def test_a_trial_larger_than_a_jobs_gpus_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    text = _problems(tmp_path, {"slurm": {"gpus_per_node": 2, "gpus_per_trial": 4}})
+    assert "slurm:gpus_per_trial" in text and "more than the 2 GPU(s)" in text and str(tmp_path) in text
+
+
+def test_gpus_per_trial_must_divide_gpus_per_node(tmp_path: Path) -> None:
+    text = _problems(tmp_path, {"pbs": {"gpus_per_node": 4, "gpus_per_trial": 3}})
+    assert "pbs:gpus_per_trial" in text and "does not divide" in text and "a divisor of 4" in text
+
+
+def test_nodes_per_trial_needs_as_many_nodes_in_the_job(tmp_path: Path) -> None:
+    text = _problems(tmp_path, {"slurm": {"nodes_per_trial": 2, "batch": {"nodes": 1}}})
+    assert "slurm:batch:nodes" in text and "nodes_per_trial is 2" in text
+    text = _problems(tmp_path, {"pbs": {"nodes_per_trial": 2, "batch": {"l": ["select=1:ncpus=4:ngpus=4"]}}})
+    assert "pbs:batch:l" in text and "asks for 1 node(s)" in text
+
+
+def test_a_local_search_refuses_nodes_per_trial_and_zero_gpus(tmp_path: Path) -> None:
+    text = _problems(tmp_path, {"local": {"nodes_per_trial": 2, "gpus_per_trial": 0}})
+    assert "local:nodes_per_trial" in text and "this machine only" in text
+    assert "local:gpus_per_trial" in text
+
+
+def test_a_valid_trial_size_reaches_the_config(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", extra={"slurm": {"gpus_per_node": 4, "gpus_per_trial": 2},
+                                            "local": {"workers": 2, "gpus_per_trial": 2}})
+    config, _ = load_config(s.hyper, s.model)
+    assert config.slurm is not None and config.slurm.gpus_per_trial == 2 and config.slurm.workers_per_job == 2
+    assert config.local_gpus_per_trial == 2
+
+
+def test_dry_run_shows_trials_at_a_time_and_ranks(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", extra={"slurm": {"gpus_per_node": 4, "gpus_per_trial": 2,
+                                                      "batch": {"t": "00:10:00"}}})
+    out = s.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True).stdout
+    assert "2 worker(s) each" in out
+    line = next(x for x in out.splitlines() if x.startswith("trials "))
+    assert "2 at a time per job, 2 ranks each" in line and "1 GPU per rank" in line, out
+    pbs = write_search(tmp_path / "p", extra={"pbs": {"gpus_per_node": 4, "gpus_per_trial": 2, "nodes_per_trial": 2}})
+    out = pbs.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True).stdout
+    assert "#PBS -l select=2:ncpus=1:ngpus=4" in out and "#PBS -l place=scatter" in out, out
+    assert "--gpus-per-trial 2 --nodes-per-trial 2" in out, "the job script passes the size to its workers"
+    assert "4 ranks each (2 per node on 2 nodes" in out
+
+
+def test_a_jobs_gpus_are_grouped_per_trial() -> None:
+    env = {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    assert plan_workers(env, gpus_per_node=4, tasks_per_worker=1, gpus_per_trial=2) == ["0,1", "2,3"]
+    assert plan_workers(env, gpus_per_node=4, tasks_per_worker=2, gpus_per_trial=4) == ["0,1,2,3"] * 2
+    assert plan_workers(env, gpus_per_node=4, tasks_per_worker=1) == ["0", "1", "2", "3"]
+    assert plan_workers({}, gpus_per_node=4, tasks_per_worker=1, gpus_per_trial=2) == ["", ""]  # CPU ranks
+
+
+def test_a_rank_picks_its_gpu_by_local_rank_as_under_torchrun() -> None:
+    env = {"CUDA_VISIBLE_DEVICES": "2,3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert pick_device(env) == "cpu"  # no GPU in torch here; the CPU fallback
+    assert pick_device({"CUDA_VISIBLE_DEVICES": "2,3"}) == "cpu"  # two GPUs and no rank: not one device
+
+
+# ------------------------------------------------------------------------------------------ local
+
+
+@pytest.mark.slow
+@pytest.mark.cpu
+def test_two_rank_trials_share_parameters_see_their_own_gpus_and_rendezvous(tmp_path: Path) -> None:
+    s = ranked_search(tmp_path / "s", extra={"local": {"workers": 2, "gpus_per_trial": 2}}, n_trials=4, ddp=True)
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True, env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    study = study_of(s)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == TS.COMPLETE for t in study.trials)
+    records = rank_records(s)
+    groups = set()
+    for t in study.trials:
+        ranks = records[t.number]
+        assert sorted(ranks) == [0, 1], t.number
+        r0, r1 = ranks[0], ranks[1]
+        assert r0["world"] == r1["world"] == 2 and r0["sum"] == r1["sum"] == 3.0, "the gloo group spans both ranks"
+        assert r0["params"] == r1["params"] and r0["extra"] == r1["extra"] == t.params["extra"]
+        assert r0["params"]["x"] == t.params["x"]
+        assert r0["gpu"] != r1["gpu"], f"trial {t.number}: both ranks picked GPU {r0['gpu']}"
+        assert r0["master"] == r1["master"] and r0["master"][0] == "127.0.0.1"
+        groups.add(frozenset((r0["gpu"], r1["gpu"])))
+        assert t.user_attrs["metrics"]["world"] == 2
+        assert (s.save_path / "ranks" / f"trial_{t.number}" / "rank_1.log").exists()
+    assert groups == {frozenset("45"), frozenset("67")}, "each worker has a GPU group of its own"
+    assert not list(s.save_path.glob("ranks/*/.spec.pkl")), "the private spec files are removed"
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    s = ranked_search(tmp_path / "s", extra={"local": {"workers": 1, "gpus_per_trial": 2}}, n_trials=2, steps=6,
+                      optuna_keys={"pruner": {"type": "ThresholdPruner", "upper": 1.5}})
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True)
+    study = study_of(s)
+    records = rank_records(s)
+    assert [t.state for t in study.trials] == [TS.PRUNED, TS.PRUNED]  # x^2 + step passes 1.5 by step 2
+    for t in study.trials:
+        steps = records[t.number][0]["steps"]
+        assert steps == records[t.number][1]["steps"] and len(steps) < 6, "both ranks stopped at one step"
+        assert sorted(t.intermediate_values) == steps, "rank 0's reports, each recorded once"
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_trial_and_its_retry_completes(tmp_path: Path) -> None:
+    s = ranked_search(tmp_path / "s", extra={"local": {"workers": 1, "gpus_per_trial": 2}}, n_trials=2, steps=3,
+                      kill_rank=1, kill_step=1, optuna_keys={"max_retry": 1})
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True, timeout=300)
+    study = study_of(s)
+    failed = [t for t in study.trials if t.state == TS.FAIL]
+    assert len(failed) == 2, [(t.number, t.state) for t in study.trials]  # each trial's first try loses rank 1
+    for t in failed:
+        assert "rank 1" in t.user_attrs["error"] and "SIGKILL" in t.user_attrs["error"]
+        retry = next(r for r in study.trials if r.user_attrs.get("retry_of") == t.number)
+        assert retry.state == TS.COMPLETE and retry.params == t.params
+        records = rank_records(s)[retry.number]
+        assert sorted(records) == [0, 1] and records[1]["retry"] and records[1]["start"] >= 1, \
+            "the retry ran both ranks and resumed from rank 0's checkpoint"
+    assert sum(t.state == TS.COMPLETE for t in study.trials) == 2
+    assert not [t for t in study.trials if t.state == TS.RUNNING]
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_fails_the_trial_with_its_traceback_and_stops_the_others(tmp_path: Path) -> None:
+    s = ranked_search(tmp_path / "s", extra={"local": {"workers": 1, "gpus_per_trial": 2}}, n_trials=1, steps=400,
+                      sleep=0.05, raise_rank=1, raise_step=2, optuna_keys={"max_consecutive_failures": 1})
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", timeout=120)
+    study = study_of(s)
+    assert [t.state for t in study.trials] == [TS.FAIL]
+    error = study.trials[0].user_attrs["error"]
+    assert "rank 1 of 2 raised ValueError" in error and "rank 1 broke at step 2" in error
+    pid = int((s.folder / "out" / "t0_r0.started").read_text())
+    with pytest.raises(ProcessLookupError):  # rank 0 was stopped, not left to train on (400 x 50 ms)
+        os.kill(pid, 0)
+    assert not [t for t in study.trials if t.state == TS.RUNNING]
