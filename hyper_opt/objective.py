@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RESUME_ENV = "HYPER_OPT_RESUME_CHECKPOINT"  # set on a distributed trial's ranks (hyper_opt.distributed.launch)
+
 CustomUpdates = Callable[[Any, dict], dict]
 
 
@@ -119,6 +121,10 @@ class BaseObjective:
         import pickle
 
         path = self.checkpoint_path(trial) / "checkpoint.pkl"
+        if getattr(trial, "distributed", False) and RESUME_ENV in os.environ:  # a rank: the one the trial began with
+            if not os.environ[RESUME_ENV]:
+                return None
+            path = Path(os.environ[RESUME_ENV])
         if not path.exists():
             return None
         _check_private(path)

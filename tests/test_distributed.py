@@ -47,6 +47,8 @@ RANKED = textwrap.dedent('''
                 total = t.item()
             extra = trial.suggest_int("extra", 1, 1000)  # suggested inside train, on every rank
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            if rank == conf.get("late_rank"):
+                time.sleep(1.0)  # rank 0 has saved a newer checkpoint by now
             state = self.load_checkpoint(trial) or {"step": 0}
             record = {"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")),
                       "group": os.environ.get("GROUP_RANK"), "gpu": visible.split(",")[local] if visible else "",
@@ -197,15 +199,17 @@ def test_two_rank_trials_share_parameters_see_their_own_gpus_and_rendezvous(tmp_
 @pytest.mark.slow
 def test_a_pruned_trial_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
     s = ranked_search(tmp_path / "s", extra={"local": {"workers": 1, "gpus_per_trial": 2}}, n_trials=2, steps=6,
-                      optuna_keys={"pruner": {"type": "ThresholdPruner", "upper": 1.5}})
+                      late_rank=1, optuna_keys={"pruner": {"type": "ThresholdPruner", "upper": 1.5}})
     s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True)
     study = study_of(s)
     records = rank_records(s)
-    assert [t.state for t in study.trials] == [TS.PRUNED, TS.PRUNED]  # x^2 + step passes 1.5 by step 2
+    details = [(t.number, t.state, t.user_attrs.get("error"), records.get(t.number)) for t in study.trials]
+    assert [t.state for t in study.trials] == [TS.PRUNED, TS.PRUNED], details  # x^2 + step passes 1.5 by step 2
     for t in study.trials:
         steps = records[t.number][0]["steps"]
-        assert steps == records[t.number][1]["steps"] and len(steps) < 6, "both ranks stopped at one step"
+        assert steps == records[t.number][1]["steps"] and len(steps) < 6, details
         assert sorted(t.intermediate_values) == steps, "rank 0's reports, each recorded once"
+        assert records[t.number][1]["start"] == 0, "a late rank resumes from the checkpoint the trial began with"
 
 
 @pytest.mark.slow

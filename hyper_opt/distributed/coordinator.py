@@ -25,11 +25,12 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt.distributed.channel import Lines, encode
-from hyper_opt.distributed.launch import (RankSpec, free_port, node_command, rank_log, start_node_ranks, stop,
-                                          write_spec)
+from hyper_opt.distributed.launch import (RankSpec, free_port, freeze_checkpoint, node_command, rank_log,
+                                          start_node_ranks, stop, write_spec)
 from hyper_opt.exceptions import Interrupted, ObjectiveError
 from hyper_opt.storage import with_db_retry
 
@@ -75,7 +76,7 @@ class Coordinator:
     """One distributed trial, from starting its ranks to rank 0's result."""
 
     def __init__(self, *, trial: optuna.Trial, size: TrialSize, conf: dict[str, Any], config: Any,
-                 stop_event: Any, retry_seconds: float) -> None:
+                 stop_event: Any, retry_seconds: float, checkpoint: Path | None = None) -> None:
         self.trial = trial
         self.size = size
         self.stop_event = stop_event
@@ -91,7 +92,8 @@ class Coordinator:
             overrides=list(config.overrides), conf=conf, trial=snapshot(trial),
             gpus_per_trial=size.gpus_per_trial, nodes_per_trial=size.nodes_per_trial, master_addr=host,
             master_port=free_port(), visible=os.environ.get("CUDA_VISIBLE_DEVICES", ""), log_dir=str(log_dir),
-            retry_seconds=retry_seconds, extra_env=dict(os.environ) if multi and os.environ.get("PBS_JOBID") else {})
+            retry_seconds=retry_seconds, extra_env=dict(os.environ) if multi and os.environ.get("PBS_JOBID") else {},
+            resume=freeze_checkpoint(checkpoint, log_dir) if checkpoint is not None else "")
         self.spec_path = log_dir / ".spec.pkl"
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.server, selectors.EVENT_READ, None)
@@ -195,6 +197,8 @@ class Coordinator:
         self.sel.close()
         self.server.close()
         self.spec_path.unlink(missing_ok=True)
+        if self.spec.resume:
+            Path(self.spec.resume).unlink(missing_ok=True)
 
     def _drop(self, conn: socket.socket) -> None:
         self.conns.pop(conn, None)
@@ -329,7 +333,7 @@ def run_ranks(*, objective: BaseObjective, trial: optuna.Trial, size: TrialSize,
 
     conf = objective.update_config(trial)  # parameters suggested once, here; every rank gets this conf
     coordinator = Coordinator(trial=trial, size=size, conf=conf, config=config, stop_event=stop_event,
-                              retry_seconds=retry_seconds)
+                              retry_seconds=retry_seconds, checkpoint=objective.checkpoint_path(trial) / "checkpoint.pkl")
     result = coordinator.run()
     kind = result["kind"]
     if kind == "pruned":

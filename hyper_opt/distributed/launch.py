@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# RESUME_ENV: the checkpoint a distributed trial started from ("" when none), what load_checkpoint
+# reads on every rank, so that all ranks resume from one checkpoint even once rank 0 saved a newer one.
+from hyper_opt.objective import RESUME_ENV
+
 # Tests only: run a trial's "nodes" as srun tasks on the one node of the local cluster.
 ONE_NODE_ENV = "HYPER_OPT_TEST_NODES_ON_ONE"
 
@@ -45,6 +49,7 @@ class RankSpec:
     visible: str  # the worker's CUDA_VISIBLE_DEVICES: the trial's GPUs on each node
     log_dir: str
     retry_seconds: float = 600.0
+    resume: str = ""  # a hard link to the checkpoint the trial started from, or ""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -57,6 +62,23 @@ def free_port(host: str = "") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def freeze_checkpoint(checkpoint: Path, folder: Path) -> str:
+    """A hard link to ``checkpoint`` as it is now (a copy where links are refused), or "" when
+    there is none. Saving replaces the file (a rename), so the link keeps the old content."""
+    if not checkpoint.exists():
+        return ""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    frozen = folder / ".resume.pkl"
+    frozen.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, frozen)
+    except OSError:
+        import shutil
+
+        shutil.copy2(checkpoint, frozen)
+    return str(frozen)
 
 
 def write_spec(spec: RankSpec, path: Path) -> Path:
@@ -87,7 +109,7 @@ def rank_env(spec: RankSpec, node_rank: int, local_rank: int, base: dict[str, st
         "RANK": str(node_rank * g + local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(spec.world_size),
         "LOCAL_WORLD_SIZE": str(g), "GROUP_RANK": str(node_rank), "NODE_RANK": str(node_rank),
         "MASTER_ADDR": spec.master_addr, "MASTER_PORT": str(spec.master_port),
-        "CUDA_VISIBLE_DEVICES": spec.visible,
+        "CUDA_VISIBLE_DEVICES": spec.visible, RESUME_ENV: spec.resume,
     })
     return env
 
