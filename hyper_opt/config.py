@@ -43,6 +43,7 @@ from hyper_opt.schema import (  # noqa: F401 - the specs and key lists are re-ex
     FORMATS, HYPER_SECTIONS, LOCAL_KEYS, LOG_KEYS, LOG_LEVELS, OPTUNA_KEYS, OWN_KEYS, PARAM_SETTINGS, PBS_KEYS,
     SLURM_KEYS, STORAGE_TYPES, STUDY_NAME, ComponentSpec, HyperConfig, ObjectiveSpec, OptunaSpec, ParameterSpec,
     SchedulerSpec, StorageSpec)
+from hyper_opt.stopping import check_budget, check_stop
 from hyper_opt.sections import _resolve, check_job_values, check_local, check_scheduler
 from hyper_opt.secrets import mask_url  # noqa: F401 - re-exported
 from hyper_opt.space import check_parameters as _check_parameters
@@ -505,8 +506,12 @@ def _check_running(chk: _Checker, opt: Mapping[str, Any], file_format: str) -> d
     max_retry = chk.integer(opt.get("max_retry"), "optuna:max_retry", minimum=0, default=DEFAULT_MAX_RETRY)
     max_failures = chk.integer(opt.get("max_consecutive_failures"), "optuna:max_consecutive_failures",
                                minimum=1, default=DEFAULT_MAX_CONSECUTIVE_FAILURES)
+    stop = check_stop(chk, opt.get("stop"))
+    if stop is not None and isinstance(opt.get("direction"), list) and len(opt["direction"]) > 1:
+        chk.add("optuna:stop", "a stop rule follows one best value; this study has several objectives "
+                "(optuna:direction); use optuna:budget or n_trials to bound it")
     return dict(reload=reload, gpu=gpu, max_retry=max_retry, max_consecutive_failures=max_failures,
-                reload_explicit=reload_explicit)
+                reload_explicit=reload_explicit, budget=check_budget(chk, opt.get("budget")), stop=stop)
 
 
 _FALSE_WORDS = ("", "0", "false", "no", "off", "none", "cpu")

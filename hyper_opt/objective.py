@@ -87,7 +87,9 @@ class BaseObjective:
         import optuna
 
         seconds = self._db_retry_seconds
-        with_db_retry(lambda: trial.report(float(value), step), seconds=seconds, what=f"reporting step {step}")
+        inherited = getattr(getattr(trial, "_cached_frozen_trial", None), "intermediate_values", {})
+        if step not in inherited:  # a resumed copy keeps its original's curve: a step done again is not re-sent
+            with_db_retry(lambda: trial.report(float(value), step), seconds=seconds, what=f"reporting step {step}")
         if self._stop_event is not None and self._stop_event.is_set():
             raise Interrupted(f"the job is ending; trial stopped at step {step}, to be resumed")
         if with_db_retry(trial.should_prune, seconds=seconds, what=f"asking the pruner at step {step}"):
@@ -114,6 +116,13 @@ class BaseObjective:
         with atomic_open(path, "wb") as fh:
             os.fchmod(fh.fileno(), 0o600)
             pickle.dump(state, fh)
+        if hasattr(trial, "set_user_attr"):  # when: the work after it is what a requeued copy redoes
+            import time
+
+            from hyper_opt.accounting import CHECKPOINT_ATTR
+
+            with_db_retry(lambda: trial.set_user_attr(CHECKPOINT_ATTR, time.time()), seconds=self._db_retry_seconds,
+                          what="recording the checkpoint's time")
         return path
 
     def load_checkpoint(self, trial: optuna.Trial) -> Any | None:

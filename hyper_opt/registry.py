@@ -143,7 +143,10 @@ def retry_callback(max_retry: int) -> Any:
     import optuna
 
     with quiet_experimental():
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if max_retry > 0 else None
+        # The copy keeps the curve (the pruner judges a resumed trial on all of it; a step it
+        # reports again is ignored by optuna's Trial.report).
+        return (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+                if max_retry > 0 else None)
 
 
 def requeue_callback(storage: Any, max_retry: int) -> Any:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Run context recorded as user attributes when a trial starts.
 CONTEXT_ATTRS = ("hostname", "slurm_job_id", "pbs_job_id", "cuda_visible_devices")
 FIXED_HEAD = ("number", "state")
-FIXED_TAIL = ("duration_s", *CONTEXT_ATTRS, "retry_of", "error")
+FIXED_TAIL = ("duration_s", "gpus", "gpu_hours", *CONTEXT_ATTRS, "retry_of", "stopped", "error")
 
 
 @contextlib.contextmanager
@@ -84,6 +84,11 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     # A retried copy inherits its original's user attributes: only a FAIL trial's error is its own.
     error = (trial.user_attrs.get("error") or "") if trial.state.name == "FAIL" else ""
     row["error"] = error.strip().splitlines()[-1] if error else ""
+    from hyper_opt.accounting import STOPPED_ATTR, devices, trial_hours
+
+    row["gpus"] = devices(trial)  # a CPU trial counts as one device (hyper_opt.accounting)
+    row["gpu_hours"] = round(trial_hours(trial), 6) if trial.datetime_complete is not None else ""
+    row["stopped"] = trial.user_attrs.get(STOPPED_ATTR, "") if trial.state.name == "FAIL" else ""
     return row
 
 

@@ -41,7 +41,7 @@ OPTUNA_KEYS = (
     "name", "study_name", "reload", "objective", "metric", "direction", "n_trials", "gpu",
     "save_path", "storage", "storage_type", "sampler", "pruner", "parameters", "enqueue",
     "heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures",
-    "db_retry_seconds",
+    "db_retry_seconds", "budget", "stop",
 )
 SLURM_KEYS = ("jobs", "batch", "bash", "kernel", "gpus_per_node", "tasks_per_worker", "trials_per_job", "array",
               "folder", "signal_delay_s", "python", "gpus_per_trial", "nodes_per_trial")
@@ -145,6 +145,8 @@ class OptunaSpec:
     max_consecutive_failures: int
     db_retry_seconds: float
     reload_explicit: bool = False  # reload was asked for (file or --reload): the study must exist
+    budget: Any = None  # hyper_opt.stopping.BudgetSpec: optuna:budget (GPU-hours, wall time)
+    stop: Any = None  # hyper_opt.stopping.StopSpec: optuna:stop (patience, improvement)
 
     @property
     def multi_objective(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import IO
+from typing import IO, Any
 
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import describe
@@ -62,6 +62,7 @@ def status_lines(config: HyperConfig) -> list[str]:
         seconds = (last_complete - first_start).total_seconds()
         if seconds >= MIN_RATE_SPAN_S:  # a rate over a few seconds says nothing about the search
             lines.append(f"{n_done / seconds * 3600:.1f} trials/hour over {seconds / 60:.1f} min")
+    lines += usage_lines(opened, spec)
     running = read_trials(opened.storage, opened.study_id, states=[optuna.trial.TrialState.RUNNING],
                           parts=("user_attrs",))
     now = dt.datetime.now()
@@ -80,6 +81,31 @@ def status_lines(config: HyperConfig) -> list[str]:
     if retried:
         lines.append(f"trial(s) {retried} were RUNNING in jobs that had ended: marked FAIL and re-queued")
     opened.lock.close()
+    return lines
+
+
+def usage_lines(opened: Opened, spec: Any) -> list[str]:
+    """GPU-hours by state (and against the budget), requeued trials by why they stopped, and the
+    budget or stop rule that ended the search: all read from the study (hyper_opt.accounting)."""
+    from hyper_opt.accounting import usage
+    from hyper_opt.report.reading import read_trials
+    from hyper_opt.stopping import recorded_stop
+
+    trials = read_trials(opened.storage, opened.study_id, parts=("user_attrs", "system_attrs"))
+    if not trials:
+        return []
+    used = usage(trials)
+    line = f"GPU-hours {used.line()}"
+    if spec.budget is not None and spec.budget.gpu_hours:
+        line += f"; budget {spec.budget.gpu_hours:g} GPU-h, {used.total / spec.budget.gpu_hours:.0%} used"
+    lines = [line]
+    if used.stopped:
+        lines.append(f"requeued {used.trials['requeued']} trial(s): "
+                     + ", ".join(f"{why} {n}" for why, n in sorted(used.stopped.items())))
+    stopped = recorded_stop(opened.study.user_attrs)
+    if stopped is not None:
+        lines.append(f"search ended by optuna:{'budget' if stopped['rule'] in ('gpu_hours', 'wall_time') else 'stop'}"
+                     f" ({stopped['rule']}): {stopped['why']}")
     return lines
 
 

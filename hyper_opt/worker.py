@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt import failpoints, results
+from hyper_opt import failpoints, results, stopping
 from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
+from hyper_opt.accounting import STOPPED_ATTR
 from hyper_opt.code_errors import code_error_stop, stop_on_code_error
 from hyper_opt.distributed import RankLost, TrialSize, run_ranks
 from hyper_opt.heartbeat import Heartbeat
@@ -72,6 +73,7 @@ class Stop(enum.Enum):
     FAILURES = "too many consecutive failed trials"
     MAX_TRIALS = "this worker's own trial limit was reached"
     CODE_ERROR = "an error in the objective's code or files that every trial would meet"
+    LIMIT = "the study's budget (optuna:budget) or stop rule (optuna:stop) ended the search"
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Worker:
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
         self._last_error: BaseException | None = None  # what failed the last trial
         self._interrupt_pending: str | None = None  # a signal deferred out of a finalizer (signals.py)
+        self._stop_signal: str | None = None  # the first stopping signal: why an interrupted trial stopped
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
@@ -131,6 +134,7 @@ class Worker:
         first = not self._stop_requested
         self._stop_requested = True
         name = signal.Signals(signum).name
+        self._stop_signal = self._stop_signal or name
         if signum in (signal.SIGUSR1, signal.SIGUSR2) and self._in_trial:
             # Slurm's warning before a time limit or preemption: let the objective reach a safe
             # point (its next report, after saving a checkpoint); force the stop if it does not.
@@ -211,6 +215,9 @@ class Worker:
                         break
                 else:
                     consecutive_failures = 0
+                if stopping.stop_rule_fired(opened, self.config.optuna, self.worker_index):
+                    report.stop = Stop.LIMIT
+                    break
             if report.stop is Stop.BUDGET:
                 self._write_missing_csvs(opened)
         finally:
@@ -306,6 +313,8 @@ class Worker:
                     finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
                     if finished >= spec.n_trials:
                         return Stop.BUDGET
+                    if stopping.applies(spec) and stopping.reached(opened, spec, self.worker_index):
+                        return Stop.LIMIT
                     if finished + c[TS.RUNNING.name] >= spec.n_trials:
                         # Only wait where a dead worker's trial can go stale and be retried.
                         return None if spec.heartbeat_interval else Stop.BUDGET
@@ -418,9 +427,12 @@ class Worker:
             if heartbeat is not None:
                 heartbeat.__exit__(None, None, None)
         self._durations.append(time.time() - started)
-        frozen = self._record(opened, trial, trial_id, state, values, error)
         interrupted = self._stop_requested and error and "Interrupted" in error
-        if frozen.state == TS.FAIL and (interrupted or isinstance(self._last_error, RankLost)):
+        stopped = ("rank lost" if isinstance(self._last_error, RankLost) else
+                   ("preempted" if self._stop_signal in ("SIGUSR1", "SIGUSR2", "SIGALRM") else "cancelled")
+                   if interrupted else None)
+        frozen = self._record(opened, trial, trial_id, state, values, error, stopped)
+        if frozen.state == TS.FAIL and stopped:
             self._retry(opened, frozen)
         return frozen
 
@@ -440,16 +452,15 @@ class Worker:
                           what=f"re-queueing trial {frozen.number}")
             logger.info("worker %d: trial %d re-queued to run again", self.worker_index, frozen.number)
 
-    @staticmethod
-    def _start_bookkeeping(opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
+    def _start_bookkeeping(self, opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
         """Record where the trial runs (and which trial a retried copy retries): one statement."""
-        attrs: dict[str, Any] = Worker._owner()  # no Slurm job, no GPU: left out
+        attrs: dict[str, Any] = self._owner()  # no Slurm job, no GPU: left out
         if origin is not None:
             attrs["retry_of"] = origin  # same parameters, same checkpoint folder
         set_user_attrs(opened, trial_id, attrs, conn)
 
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
-                error: str | None) -> optuna.trial.FrozenTrial:
+                error: str | None, stopped: str | None = None) -> optuna.trial.FrozenTrial:
         """Tell optuna and write the CSV; a database outage is waited out, not fatal."""
         import optuna
 
@@ -459,6 +470,8 @@ class Worker:
             failpoints.hit("in_tell")
             if error is not None:
                 try:
+                    if stopped:  # preempted, cancelled or a rank lost: told apart from a failure
+                        trial.set_user_attr(STOPPED_ATTR, stopped)
                     trial.set_user_attr("error", error[-8000:])
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # failed meanwhile by another process (cancel, --reload, a stale scan): tell says so
@@ -511,9 +524,12 @@ class Worker:
         if callback is not None:
             callback(opened.study, opened.storage.get_trial(trial_id))
 
-    @staticmethod
-    def _owner() -> dict[str, Any]:
-        return {k: v for k, v in run_context().items() if v != ""}
+    def _owner(self) -> dict[str, Any]:
+        """The run context, and the GPUs the trial holds (for its GPU-hours; none on the CPU)."""
+        owner: dict[str, Any] = {k: v for k, v in run_context().items() if v != ""}
+        visible = [g for g in owner.get("cuda_visible_devices", "").split(",") if g.strip() not in ("", "-1")]
+        owner["gpus"] = len(visible) * self.size.nodes_per_trial  # 0 also replaces a retried original's
+        return owner
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
         """Keep a result the database never received, so that it is not lost."""

@@ -126,6 +126,7 @@ def test_report_of_complete_pruned_and_failed_trials(single: Search) -> None:
     folder = single.save_path / "report"
     names = {p.name for p in folder.iterdir() if p.name != ".hyper_opt_report.json"}
     assert names == {"trials.csv", "best.yml", "summary.md", "optimization_history.png", "intermediate_values.png",
+                     "best_vs_gpu_hours.png",
                      "param_importances.png", "parallel_coordinate.png", "slice.png"}
     for png in folder.glob("*.png"):
         _assert_png(png)

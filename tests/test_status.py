@@ -45,7 +45,8 @@ def test_status_of_a_single_objective_study(tmp_path: Path) -> None:
     assert lines[2] == "best 1.5 (trial 1)"
     assert lines[3] == "best parameters: {'x': 1.0}"
     assert lines[4] == _expected_span(study) == "7.2 trials/hour over 25.0 min"
-    assert lines[5].startswith(f"  running trial {running.number} for ") and lines[5].endswith(
+    assert lines[5] == "GPU-hours 0.250 GPU-h (complete 0.250, running 0.000)", "3 trials of 5 min on one device"
+    assert lines[6].startswith(f"  running trial {running.number} for ") and lines[6].endswith(
         "s on node7 job - gpu 3")
 
 

@@ -87,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     previous_stop = clear_stop(opened)
     if previous_stop:
         logger.info("the previous run had stopped the search (%s); trying again", previous_stop.split(". ")[0])
+    from hyper_opt.stopping import clear_recorded_stop
+
+    ended = clear_recorded_stop(opened.study)  # a raised budget or a changed rule gets its chance
+    if ended:
+        logger.info("the previous run ended by optuna:%s (%s); the budget and rules are checked again",
+                    "budget" if ended["rule"] in ("gpu_hours", "wall_time") else "stop", ended["why"])
     c = counts(opened)
     if n_finished(c) >= spec.n_trials:
         print(f"study {spec.study_name!r} already holds {n_finished(c)} finished trials (n_trials "
@@ -135,6 +141,7 @@ def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-unty
     from hyper_opt.results import write_trials_csv
     from hyper_opt.storage import describe, with_db_retry
     from hyper_opt.study import best_summary, counts, n_finished
+    from hyper_opt.stopping import recorded_stop
     from hyper_opt.study_attrs import stop_reason
 
     spec = config.optuna
@@ -159,8 +166,13 @@ def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-unty
             pass
     print(f"results: {merged} and {config.trials_dir}/", file=sys.stderr)
     stopped = stop_reason(opened)
+    ended = recorded_stop(opened.study.user_attrs)
     if stopped:
         print(f"search stopped: {stopped}", file=sys.stderr)
+    elif ended:
+        print(f"search ended by its {'budget' if ended['rule'] in ('gpu_hours', 'wall_time') else 'stop rule'} "
+              f"({ended['rule']}): {ended['why']}", file=sys.stderr)
+        return EXIT_OK
     elif n_finished(c) < spec.n_trials:
         print(f"{spec.n_trials - n_finished(c)} trial(s) to go: continue with 'hyper-opt optimize "
               f"{config.hyper_path} {config.model_path or ''} --reload'".replace("  --", " --"), file=sys.stderr)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import plots as plotting
+from hyper_opt.report.cost import COST_PLOT, best_vs_gpu_hours
 from hyper_opt.trials import param_importances
 
 if TYPE_CHECKING:
@@ -195,6 +196,7 @@ def _plot_jobs(trials: Sequence[optuna.trial.FrozenTrial], out: Path, *, directi
     else:
         first[plotting.INTERMEDIATE] = lambda: plotting.intermediate_values(
             trials, out / plotting.INTERMEDIATE, direction=directions[0], name=names[0], max_curves=max_curves)
+        first[COST_PLOT] = lambda: best_vs_gpu_hours(trials, out / COST_PLOT, direction=directions[0], name=names[0])
     then: dict[str, Callable[..., Any]] = {  # these need the importances (their values, or their order)
         plotting.IMPORTANCES: lambda importances, what: plotting.param_importances(
             importances, out / plotting.IMPORTANCES, what=what),

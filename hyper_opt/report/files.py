@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 TRIALS_CSV = "trials.csv"
@@ -30,4 +31,5 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     summary: str = ""  # the text of summary.md
     console: str = ""  # the short text printed by the command
+    study_attrs: dict[str, Any] = field(default_factory=dict)  # the study's user attributes (why it ended)
 

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hyper_opt.report.cost import cost_section
 from hyper_opt.report.dashboard import dashboard_command
 from hyper_opt.report.files import BEST, BEST_PATTERN, SUMMARY, TRIALS_CSV, Report
 from hyper_opt.trials import StateStats, finite_complete, pruning_saving
@@ -188,6 +189,8 @@ def summary_markdown(config: HyperConfig, trials: Sequence[optuna.trial.FrozenTr
     pruning = _pruning_line(stats)
     if pruning:
         lines += ["", pruning]
+    lines += ["", "## GPU-hours", ""]
+    lines += cost_section(trials, directions=directions, spec=spec, study_attrs=report.study_attrs)
     lines += ["", "## Best", ""]
     lines += _best_section(config, trials, directions, best, report)
     lines += ["", "## Failures", ""]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import plots as plotting
+from hyper_opt.report.cost import COST_PLOT
 from hyper_opt.report.files import BEST, BEST_PATTERN, MANIFEST, SUMMARY, TRIALS_CSV, Report
 from hyper_opt.report.summary import _format_params, console_text, summary_markdown
 from hyper_opt.report.drawing import importances_and_plots
@@ -57,6 +58,7 @@ def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: P
         opened_s = time.perf_counter() - started
         trials = read_trials(opened.storage, opened.study_id)  # bulk SELECTs on a database
         directions = [d.name.lower() for d in opened.study.directions]
+        study_attrs = dict(opened.study.user_attrs)
     finally:
         opened.lock.close()
         engine = getattr(opened.storage, "engine", None)
@@ -65,7 +67,7 @@ def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: P
     loaded_s = time.perf_counter() - started - opened_s
     report = build_report(config, model, trials, directions=directions,
                           out=out if out is not None else config.save_path / "report",
-                          plots=plots, max_curves=max_curves, processes=processes)
+                          plots=plots, max_curves=max_curves, processes=processes, study_attrs=study_attrs)
     report.timings = {"open study": opened_s, "load trials": loaded_s, **report.timings,
                       "total": time.perf_counter() - started}
     return report
@@ -74,7 +76,7 @@ def write_report(config: HyperConfig, model: Mapping[str, Any] | None, *, out: P
 def build_report(config: HyperConfig, model: Mapping[str, Any] | None,
                  trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequence[str], out: Path,
                  plots: bool = True, max_curves: int = 200, now: dt.datetime | None = None,
-                 processes: int | None = None) -> Report:
+                 processes: int | None = None, study_attrs: Mapping[str, Any] | None = None) -> Report:
     """Write the report for ``trials`` (all of one study) under ``out``. ``processes``: worker
     processes for the importances and plots (None: a few where ``fork`` is safe; 0: none)."""
     from hyper_opt.results import write_trials_csv
@@ -82,7 +84,7 @@ def build_report(config: HyperConfig, model: Mapping[str, Any] | None,
     spec = config.optuna
     names = list(spec.metrics)
     trials = sorted(trials, key=lambda t: t.number)
-    report = Report(folder=out)
+    report = Report(folder=out, study_attrs=dict(study_attrs or {}))
     out.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
@@ -197,7 +199,7 @@ def _remove_stale(out: Path, written: Sequence[Path]) -> None:
 
     from hyper_opt.results import atomic_write_text
 
-    names = (TRIALS_CSV, SUMMARY, BEST, *plotting.ALL_FILES, BEST_PATTERN.format("*"))
+    names = (TRIALS_CSV, SUMMARY, BEST, *plotting.ALL_FILES, COST_PLOT, BEST_PATTERN.format("*"))
     try:
         earlier = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", {})
         earlier = earlier if isinstance(earlier, dict) else {}
