@@ -28,6 +28,7 @@ CODE_ERRORS: tuple[type[BaseException], ...] = (MetricMissingError, ImportError,
 # overrides that change how the search runs, not what a trial trains: a continuation may differ
 RUN_ONLY_KEYS = ("optuna:n_trials", "optuna:reload")
 RUN_ONLY_SECTIONS = ("local", "slurm", "pbs", "log")
+RUN_ONLY_PREFIXES = ("optuna:budget", "optuna:stop")  # when to stop, not what a trial trains
 
 
 def is_code_error(err: BaseException | None) -> bool:
@@ -55,7 +56,8 @@ def search_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides that change what trials train (not n_trials, reload, workers, jobs, logs)."""
     def run_only(text: str) -> bool:
         path = text.split("=", 1)[0].strip().removeprefix("hyper:")
-        return path in RUN_ONLY_KEYS or path.split(":")[0] in RUN_ONLY_SECTIONS
+        return (path in RUN_ONLY_KEYS or path.split(":")[0] in RUN_ONLY_SECTIONS
+                or any(path.startswith(f"{key}:") for key in RUN_ONLY_PREFIXES))
 
     return sorted(o for o in overrides if not run_only(o))
 

@@ -58,6 +58,7 @@ def test_slurm_job_runs_two_trials_of_two_ranks_at_a_time(tmp_path: Path, pg_url
         gpus[t.number] = {records[t.number][0]["gpu"], records[t.number][1]["gpu"]}
         assert len(gpus[t.number]) == 2, f"trial {t.number}: both ranks picked one GPU"
         assert t.user_attrs["slurm_job_id"] == ids[0]
+        assert t.user_attrs["gpus"] == 2, "a trial's GPU-hours count both of its GPUs"
     pairs = [(a, b) for a in study.trials for b in study.trials if a.number < b.number and _overlap(a, b)]
     assert pairs, "two trials ran at a time in the one job"
     for a, b in pairs:
