@@ -19,8 +19,10 @@ FORMATS = ("hyper_opt", "echo", "aimlutils")
 OWN_KEYS: dict[str, tuple[str, ...]] = {
     "": ("local", "format"),
     "log": ("level",),
-    "optuna": ("heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures", "db_retry_seconds"),
-    "slurm": ("array", "folder", "signal_delay_s", "python"),
+    "optuna": ("heartbeat_interval", "grace_period", "max_retry", "max_consecutive_failures", "db_retry_seconds",
+               "budget", "stop"),
+    "slurm": ("array", "folder", "signal_delay_s", "python", "gpus_per_trial", "nodes_per_trial"),
+    "pbs": ("gpus_per_trial", "nodes_per_trial"),
 }
 CWD_ENV = "HYPER_OPT_CWD"  # the submitting process's working directory, for its workers and jobs
 DIRECTIONS = ("minimize", "maximize")

@@ -233,20 +233,56 @@ def applies(spec: Any) -> bool:
     return spec.budget is not None or spec.stop is not None
 
 
-def reached(opened: Any, spec: Any, worker_index: int = 0) -> bool:
+def reached(opened: Any, spec: Any, worker_index: int = 0, conn: Any = None) -> bool:
     """In the claim, under the budget lock: whether no new trial may start (a stop already
-    recorded, or the budget spent, which is then recorded)."""
+    recorded, or the budget spent, which is then recorded). ``conn``: the claim's transaction."""
     stopped = recorded_stop(opened.storage.get_study_user_attrs(opened.study_id))
     if stopped is not None:
         return True
     if spec.budget is None:
         return False
-    verdict = budget_verdict(spec.budget, opened.storage.get_all_trials(opened.study_id, deepcopy=False))
+    verdict = budget_verdict(spec.budget, timing_rows(opened, conn))
     if verdict is None:
         return False
     record_stop(opened.study, *verdict)
     logger.info("worker %d: %s", worker_index, verdict[1])
     return True
+
+
+@dataclass
+class _Timing:
+    """What the budget reads of a trial: its state, times and GPUs (duck-typed as a FrozenTrial)."""
+
+    state: Any
+    datetime_start: datetime.datetime | None
+    datetime_complete: datetime.datetime | None
+    user_attrs: dict[str, Any]
+
+
+def timing_rows(opened: Any, conn: Any = None) -> list[Any]:
+    """Every trial's state, start, end and ``gpus``: one SELECT on optuna's tables in the claim's
+    transaction on an RDB storage (not every trial's parameters and values, which the budget
+    does not need, under the lock); optuna's ``get_all_trials`` elsewhere."""
+    import json
+
+    import optuna
+
+    if conn is None or not isinstance(opened.storage, optuna.storages.RDBStorage):
+        return opened.storage.get_all_trials(opened.study_id, deepcopy=False)
+    import sqlalchemy
+
+    from hyper_opt.study import _as_datetime
+
+    rows = conn.execute(sqlalchemy.text(
+        "SELECT t.state, t.datetime_start, t.datetime_complete, a.value_json FROM trials t "
+        "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'gpus' "
+        "WHERE t.study_id = :sid"), {"sid": opened.study_id}).fetchall()
+    out = []
+    for state, start, end, gpus in rows:
+        name = getattr(state, "name", str(state))
+        out.append(_Timing(optuna.trial.TrialState[name], _as_datetime(start) if start else None,
+                           _as_datetime(end) if end else None, {"gpus": json.loads(gpus) if gpus else 0}))
+    return out
 
 
 def stop_rule_fired(opened: Any, spec: Any, worker_index: int = 0) -> bool:

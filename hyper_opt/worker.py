@@ -313,7 +313,7 @@ class Worker:
                     finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
                     if finished >= spec.n_trials:
                         return Stop.BUDGET
-                    if stopping.applies(spec) and stopping.reached(opened, spec, self.worker_index):
+                    if stopping.applies(spec) and stopping.reached(opened, spec, self.worker_index, conn):
                         return Stop.LIMIT
                     if finished + c[TS.RUNNING.name] >= spec.n_trials:
                         # Only wait where a dead worker's trial can go stale and be retried.
