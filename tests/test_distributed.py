@@ -151,6 +151,9 @@ def test_dry_run_shows_trials_at_a_time_and_ranks(tmp_path: Path) -> None:
     assert "#PBS -l select=2:ncpus=1:ngpus=4" in out and "#PBS -l place=scatter" in out, out
     assert "--gpus-per-trial 2 --nodes-per-trial 2" in out, "the job script passes the size to its workers"
     assert "4 ranks each (2 per node on 2 nodes" in out
+    local = write_search(tmp_path / "l", extra={"local": {"workers": 3, "gpus_per_trial": 2}})
+    out = local.cli("optimize", "hyper.yml", "model.yml", "--dry-run", check=True).stdout
+    assert "trials     3 at a time, 2 ranks each" in out, out
 
 
 def test_a_jobs_gpus_are_grouped_per_trial() -> None:

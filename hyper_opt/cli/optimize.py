@@ -222,6 +222,11 @@ def _print_plan(config, scheduler: str | None, *, accept_overrides: bool) -> int
         dry_run(config)
     else:
         print(f"launch     {config.local_workers} local worker process(es)")
+        g = config.local_gpus_per_trial
+        if g > 1:
+            print(f"trials     {config.local_workers} at a time, {g} ranks each (RANK, LOCAL_RANK, WORLD_SIZE, "
+                  f"MASTER_ADDR/MASTER_PORT set as torchrun does), 1 GPU per rank; each worker takes {g} of the "
+                  "visible GPUs")
     from hyper_opt.connections import check, planned_workers
 
     workers, how = planned_workers(config, scheduler, remaining=spec.n_trials)
