@@ -30,9 +30,9 @@ from typing import Any
 from benchmarks import common
 
 SECTIONS = ("overhead", "profile", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report", "search",
-            "soak")
+            "soak", "distributed")
 # search: ~28 CPU-minutes even in quick mode (--only search); soak: 4 minutes quick, 30 full (--only soak)
-QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report")
+QUICK_SECTIONS = ("overhead", "lock", "scaling", "workers", "fleet", "slurm", "sampling", "report", "distributed")
 # section name -> module in benchmarks/ (where they differ)
 MODULES = {"profile": "profile_worker", "slurm": "slurm_start", "search": "search_efficiency",
            "workers": "many_workers", "lock": "lock_hold", "report": "bench_report"}
@@ -201,4 +201,7 @@ TEMPLATE = """# Benchmarks
 
 <!-- BEGIN soak -->
 <!-- END soak -->
+
+<!-- BEGIN distributed -->
+<!-- END distributed -->
 """

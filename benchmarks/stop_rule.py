@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.search_efficiency import MAP, curve
+from benchmarks.search_efficiency import MAP, _median_or_inf, compute_to_reach, curve, summarise
 
 RULES: dict[str, dict[str, Any]] = {
     "patience 6": {"patience": 6},
@@ -80,14 +80,16 @@ def _test(folder: Path, number: int) -> float | None:
 
 def analyse(data: dict[str, Any], folders: Path | None) -> list[dict[str, Any]]:
     rows = []
+    target = summarise(data)["target"]  # random search's final best (median over seeds)
     for strategy in data["strategies"]:
         runs = [r for r in data["results"] if r["strategy"] == strategy and r["trials"]]
         for name, rule in RULES.items():
-            saved, lost, tests, stops = [], [], [], []
+            saved, lost, tests, stops, reach = [], [], [], [], []
             for r in runs:
                 n = stop_at(r["trials"], rule)
                 full, cut = curve(r["trials"]), curve(r["trials"][:n])
                 stops.append(n)
+                reach.append(compute_to_reach(cut, target) if target is not None else None)
                 saved.append(1 - cut[-1][0] / full[-1][0] if full[-1][0] else 0.0)
                 lost.append((full[-1][1] - cut[-1][1]) / full[-1][1] if full[-1][1] > 0 else 0.0)
                 best_cut, best_full = _best_trial(r["trials"][:n]), _best_trial(r["trials"])
@@ -105,17 +107,21 @@ def analyse(data: dict[str, Any], folders: Path | None) -> list[dict[str, Any]]:
                          "saved_median": statistics.median(saved) if saved else None,
                          "lost_median": statistics.median(lost) if lost else None,
                          "lost_max": max(lost) if lost else None,
-                         "test_median": statistics.median(tests) if tests else None})
+                         "test_median": statistics.median(tests) if tests else None,
+                         "reach_median": _median_or_inf(reach), "cpu_full": statistics.median(
+                             curve(r["trials"])[-1][0] for r in runs) if runs else None})
     return rows
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| strategy | rule | trials run (of) | compute saved (median) | best lost (median, worst) | "
-             "test MAP@R of the best at the stop |", "|---|---|---:|---:|---:|---:|"]
+             "CPU-s to reach random's final best | test MAP@R of the best at the stop |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         test = f"{r['test_median']:.4f}" if r["test_median"] is not None else "-"
+        reach = f"{r['reach_median']:.0f}" if r["reach_median"] is not None else "not reached"
         lines.append(f"| {r['strategy']} | {r['rule']} | {r['trials_median']:g} ({r['trials_full']:g}) | "
-                     f"{r['saved_median']:.0%} | {r['lost_median']:.1%} ({r['lost_max']:.1%}) | {test} |")
+                     f"{r['saved_median']:.0%} | {r['lost_median']:.1%} ({r['lost_max']:.1%}) | {reach} | {test} |")
     return "\n".join(lines)
 
 

@@ -259,7 +259,7 @@ def pick_device(env: Mapping[str, str] | None = None) -> str:
     visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     index = 0
     local = env.get("LOCAL_RANK", "")
-    if len(visible) > 1 and local.isdigit() and int(env.get("LOCAL_WORLD_SIZE", "0") or 0) == len(visible):
+    if len(visible) > 1 and local.isdigit() and int(env.get("LOCAL_WORLD_SIZE", "0") or 0) > 1:
         index, visible = int(local), [visible[int(local)]] if int(local) < len(visible) else []
     if len(visible) != 1 or visible[0].strip() in ("-1", "NoDevFiles"):
         return "cpu"

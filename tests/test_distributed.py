@@ -247,3 +247,62 @@ def test_a_rank_that_raises_fails_the_trial_with_its_traceback_and_stops_the_oth
     with pytest.raises(ProcessLookupError):  # rank 0 was stopped, not left to train on (400 x 50 ms)
         os.kill(pid, 0)
     assert not [t for t in study.trials if t.state == TS.RUNNING]
+
+
+def test_pbsdsh_places_a_trials_nodes_on_distinct_hosts_of_the_node_file(tmp_path: Path) -> None:
+    from hyper_opt.distributed.launch import ONE_NODE_ENV, pbs_node_indices
+
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn1\nn1\nn2\nn2\nn2\nn2\n")  # select=2:...:mpiprocs=4: a line per MPI process
+    assert pbs_node_indices({"PBS_NODEFILE": str(nodefile)}, 2) == [0, 4]
+    with pytest.raises(RuntimeError, match="the job has 2 node.*nodes_per_trial is 3"):
+        pbs_node_indices({"PBS_NODEFILE": str(nodefile)}, 3)
+    assert pbs_node_indices({"PBS_NODEFILE": str(nodefile), ONE_NODE_ENV: "1"}, 2) == [0, 1]
+
+
+def test_a_rank_sees_the_workers_gpus_or_an_unset_variable_left_unset() -> None:
+    from hyper_opt.distributed.launch import RankSpec, rank_env
+
+    spec = RankSpec(control=("127.0.0.1", 1), token="t", hyper_path="h", model_path=None, overrides=[], conf={},
+                    trial={"number": 0}, gpus_per_trial=2, nodes_per_trial=2, master_addr="n1", master_port=29500,
+                    visible="2,3", log_dir="/tmp")
+    env = rank_env(spec, 1, 1, base={"PATH": "/bin"})
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"]) == \
+        ("3", "1", "4", "2", "1")
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["MASTER_ADDR"] == "n1" and env["MASTER_PORT"] == "29500"
+    spec.visible = None
+    assert "CUDA_VISIBLE_DEVICES" not in rank_env(spec, 0, 0, base={"PATH": "/bin"})
+
+
+SAME_STEP = textwrap.dedent('''
+    import time
+    import torch.distributed as dist
+    from hyper_opt import BaseObjective
+
+    class Objective(BaseObjective):
+        def train(self, trial, conf):
+            dist.init_process_group("gloo")
+            x = float(conf["model"]["x"])
+            try:
+                for _ in range(3 if x == 0.0 else 600):  # x = 3: long enough to be pruned once x = 0 is done
+                    self.report(trial, x * x, 0)  # the same step again and again (an epoch inside a batch loop)
+                    dist.barrier()  # the training step's collective: a rank that stopped alone breaks it
+                    time.sleep(0.05)
+            finally:
+                dist.destroy_process_group()
+            return {"val_loss": x * x}
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.cpu
+def test_a_step_reported_again_gets_rank_0s_new_decision_on_every_rank(tmp_path: Path) -> None:
+    s = write_search(tmp_path / "s", objective=SAME_STEP, extra={"local": {"workers": 2, "gpus_per_trial": 2}},
+                     optuna={"n_trials": 2, "enqueue": [{"x": 3.0}, {"x": 0.0}],
+                             "pruner": {"type": "MedianPruner", "n_startup_trials": 1, "n_warmup_steps": 0}})
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True, timeout=300)
+    states = {t.params["x"]: t for t in study_of(s).trials}
+    # x = 0 completes at once; x = 3 is then pruned at one of its repeated step-0 reports, on both
+    # ranks at the same call (a decision matched by step alone let rank 1 go on into the barrier).
+    assert states[0.0].state == TS.COMPLETE
+    assert states[3.0].state == TS.PRUNED, states[3.0].user_attrs.get("error")

@@ -2,7 +2,8 @@
 
 The example tests copy an example folder to a temporary one and run ``python -m hyper_opt
 optimize`` there with ``--set`` overrides that shrink the budget (6 trials, a few epochs) and make
-the pruner start after 2 completed trials, so that a bad trial is pruned even at this size. The
+the pruner start after 2 completed trials, so that a bad trial is pruned even at this size (the
+DDP example keeps its 4 trials of 2 ranks, with 3 epochs, and runs with ``--local``). The
 configs tests load every YAML under ``configs/`` with :func:`hyper_opt.config.load_config` and
 check that the full reference mentions every key the code accepts.
 """
@@ -50,14 +51,16 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     return dest
 
 
-def optimize(folder: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m hyper_opt optimize hyperparameters.yml model_config.yml --set ...`` in ``folder``."""
-    args = [sys.executable, "-m", "hyper_opt", "optimize", "hyperparameters.yml", "model_config.yml"]
+def optimize(folder: Path, *overrides: str, timeout: float = 300,
+             flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``python -m hyper_opt optimize hyperparameters.yml model_config.yml FLAGS --set ...`` in ``folder``."""
+    args = [sys.executable, "-m", "hyper_opt", "optimize", "hyperparameters.yml", "model_config.yml", *flags]
     for override in overrides:
         args += ["--set", override]
     proc = subprocess.run(args, cwd=folder, text=True, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("results/logs/*.log")))
+        paths = sorted(folder.glob("results/logs/*.log")) + sorted(folder.glob("results/ranks/*/*.log"))
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in paths)
         pytest.fail(f"optimize exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}\n{logs}")
     return proc
 
@@ -124,6 +127,33 @@ def test_keras_example(tmp_path: Path) -> None:
         assert "num_dense" in t.params  # the custom_updates-only parameter is suggested too
         if t.state.name == "COMPLETE":
             assert sorted(t.intermediate_values) == [0, 1, 2, 3]  # one report per epoch
+
+
+@pytest.mark.slow
+@pytest.mark.cpu
+@pytest.mark.examples
+def test_torch_ddp_example(tmp_path: Path) -> None:
+    """4 trials of 2 ranks each (DDP over gloo): both ranks of every trial ran, saw a world of 2 and
+    stopped at the epoch the study recorded last, so a pruned trial stopped on both at once."""
+    folder = copy_example("torch/ddp", tmp_path)
+    optimize(folder, "optuna:pruner:n_warmup_steps=0", "trainer:epochs=3", flags=("--local",))
+    hyper = yaml.safe_load((folder / "hyperparameters.yml").read_text())
+    assert hyper["local"] == {"workers": 1, "gpus_per_trial": 2}
+    trials = load_trials(f"sqlite:///{folder / 'results' / hyper['optuna']['storage']}",
+                         hyper["optuna"]["study_name"])
+    states = sorted(t.state.name for t in trials)
+    assert len(trials) == hyper["optuna"]["n_trials"] and set(states) <= {"COMPLETE", "PRUNED"}, states
+    assert "COMPLETE" in states
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(len(steps))) and steps, (t.number, steps)
+        for rank in (0, 1):
+            log = (folder / "results" / "ranks" / f"trial_{t.number}" / f"rank_{rank}.log").read_text()
+            assert f"trial {t.number}: rank {rank} of 2" in log
+            epochs = [int(e) for e in re.findall(rf"^rank {rank}: epoch (\d+) ", log, flags=re.M)]
+            assert epochs == steps, (t.number, rank, epochs, steps)  # the same last epoch on both ranks
+        if t.state.name == "COMPLETE":
+            assert len(steps) == 3 and t.user_attrs["metrics"]["world_size"] == 2
 
 
 # --------------------------------------------------------------------------- configs/

@@ -91,7 +91,7 @@ class Coordinator:
             hyper_path=str(config.hyper_path), model_path=str(config.model_path) if config.model_path else None,
             overrides=list(config.overrides), conf=conf, trial=snapshot(trial),
             gpus_per_trial=size.gpus_per_trial, nodes_per_trial=size.nodes_per_trial, master_addr=host,
-            master_port=free_port(), visible=os.environ.get("CUDA_VISIBLE_DEVICES", ""), log_dir=str(log_dir),
+            master_port=free_port(), visible=os.environ.get("CUDA_VISIBLE_DEVICES"), log_dir=str(log_dir),
             retry_seconds=retry_seconds, extra_env=dict(os.environ) if multi and os.environ.get("PBS_JOBID") else {},
             resume=freeze_checkpoint(checkpoint, log_dir) if checkpoint is not None else "")
         self.spec_path = log_dir / ".spec.pkl"
@@ -99,8 +99,11 @@ class Coordinator:
         self.sel.register(self.server, selectors.EVENT_READ, None)
         self.conns: dict[socket.socket, dict[str, Any]] = {}
         self.results: dict[int, dict[str, Any]] = {}
-        self.decisions: dict[int, str] = {}
-        self.parked: list[tuple[socket.socket, int]] = []  # should_prune of other ranks, waiting for rank 0
+        # Rank 0's pruning decisions in the order it asked; every rank's n-th should_prune gets the
+        # n-th (by call, not by step: a step reported twice must not hand out an older decision).
+        self.decisions: list[str] = []
+        self.parked: list[tuple[socket.socket, int]] = []  # (connection, call index) waiting for rank 0
+        self.early_errors: list[int] = []  # ranks that raised before rank 0 had a result
         self.procs: list[subprocess.Popen[bytes]] = []
         self.local = not multi
 
@@ -130,10 +133,9 @@ class Coordinator:
                 else:
                     self._receive(key.fileobj)  # type: ignore[arg-type]
             self._check_processes()
-            errors = [r for r, m in sorted(self.results.items()) if m["kind"] == "error"]
-            if errors:
-                raise RankFailed(self._error_text(errors[0]))
-            if 0 in self.results:
+            if self.early_errors:
+                raise RankFailed(self._error_text(self.early_errors[0]))
+            if 0 in self.results:  # rank 0's outcome is the trial's, whatever the others meet after it
                 finished_at = finished_at or time.monotonic()
                 if len(self.results) == self.size.ranks and self._all_exited(timeout=10.0):
                     return self.results[0]
@@ -154,7 +156,10 @@ class Coordinator:
         return [r for r in range(self.size.ranks) if r not in self.results]
 
     def _check_processes(self) -> None:
-        """A rank (or a node's agent, or srun) that ended without its result: the trial is lost or failed."""
+        """A rank (or a node's agent, or srun) that ended without its result before rank 0 had one:
+        the trial is lost or failed."""
+        if 0 in self.results:
+            return
         for index, proc in enumerate(self.procs):
             code = proc.poll()
             if code is None:
@@ -250,9 +255,16 @@ class Coordinator:
             return
         rank = state["rank"]
         if op == "result":
+            first = 0 not in self.results  # rank 0 had no result yet (this may be it)
             self.results[rank] = message
-            if rank == 0:  # the others get "go" at any step rank 0 never reached
-                self._release(None)
+            if message.get("kind") == "error":
+                if first:
+                    self.early_errors.append(rank)
+                else:  # e.g. a collective broken by rank 0 leaving after it was pruned
+                    logger.warning("trial %d: rank %d raised %s after rank 0's result (%s), which stands",
+                                   self.trial.number, rank, message.get("type"), self.results[0].get("kind"))
+            if rank == 0:  # the others get "go" at any call rank 0 never made
+                self._release(final=True)
             return
         try:
             answer = self._request(conn, rank, op, message)
@@ -275,16 +287,17 @@ class Coordinator:
                               what=f"reporting step {step}")
             return {"ok": True}
         if op == "should_prune":
-            step = int(message["step"])
-            if rank != 0 and step not in self.decisions:
+            state = self.conns[conn]
+            call = state["calls"] = state.get("calls", -1) + 1
+            if rank == 0:
+                self.decisions.append(self._decide(int(message["step"])))
+                self._release()
+            elif call >= len(self.decisions):
                 if 0 in self.results:
                     return {"decision": "go"}
-                self.parked.append((conn, step))
+                self.parked.append((conn, call))
                 return None
-            if rank == 0:
-                self.decisions[step] = self._decide(step)
-                self._release(step)
-            return {"decision": self.decisions[step]}
+            return {"decision": self.decisions[call]}
         if op == "set_user_attr":
             if rank == 0:
                 with_db_retry(lambda: trial.set_user_attr(message["key"], message["value"]),
@@ -299,14 +312,15 @@ class Coordinator:
                                what=f"asking the pruner at step {step}")
         return "prune" if pruned else "go"
 
-    def _release(self, step: int | None) -> None:
-        """Answer the ranks waiting for rank 0's decision at ``step`` (at any step, with None)."""
+    def _release(self, *, final: bool = False) -> None:
+        """Answer the ranks waiting for a decision rank 0 has now made (all of them, "go" where it
+        made none, once rank 0 is done: ``final``)."""
         waiting, self.parked = self.parked, []
-        for conn, asked in waiting:
-            if asked in self.decisions or step is None:
-                self._answer(conn, {"decision": self.decisions.get(asked, "go")})
+        for conn, call in waiting:
+            if call < len(self.decisions) or final:
+                self._answer(conn, {"decision": self.decisions[call] if call < len(self.decisions) else "go"})
             else:
-                self.parked.append((conn, asked))
+                self.parked.append((conn, call))
 
 
 def suggest(trial: optuna.Trial, name: str, dist_json: str) -> Any:

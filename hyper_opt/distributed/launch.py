@@ -46,7 +46,7 @@ class RankSpec:
     nodes_per_trial: int
     master_addr: str
     master_port: int
-    visible: str  # the worker's CUDA_VISIBLE_DEVICES: the trial's GPUs on each node
+    visible: str | None  # the worker's CUDA_VISIBLE_DEVICES (the trial's GPUs on each node); None: unset, left so
     log_dir: str
     retry_seconds: float = 600.0
     resume: str = ""  # a hard link to the checkpoint the trial started from, or ""
@@ -109,8 +109,10 @@ def rank_env(spec: RankSpec, node_rank: int, local_rank: int, base: dict[str, st
         "RANK": str(node_rank * g + local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(spec.world_size),
         "LOCAL_WORLD_SIZE": str(g), "GROUP_RANK": str(node_rank), "NODE_RANK": str(node_rank),
         "MASTER_ADDR": spec.master_addr, "MASTER_PORT": str(spec.master_port),
-        "CUDA_VISIBLE_DEVICES": spec.visible, RESUME_ENV: spec.resume,
+        RESUME_ENV: spec.resume,
     })
+    if spec.visible is not None:  # unset stays unset, as under torchrun: every GPU of the node visible
+        env["CUDA_VISIBLE_DEVICES"] = spec.visible
     return env
 
 
@@ -143,11 +145,30 @@ def node_command(spec_path: Path, spec: RankSpec, env: dict[str, str]) -> list[l
         return [["srun", "--overlap", f"--ntasks={k}", f"--ntasks-per-node={per_node}",
                  f"--nodes={1 if env.get(ONE_NODE_ENV) else k}", "--kill-on-bad-exit=1", "--export=ALL",
                  f"--job-name=trial_{spec.trial['number']}", *agent]]
-    if env.get("PBS_JOBID"):  # pbsdsh -n: the job's n-th vnode entry (one per chunk with mpiprocs=1)
-        return [["pbsdsh", "-n", str(i), "--", "/bin/sh", "-c",
+    if env.get("PBS_JOBID"):
+        return [["pbsdsh", "-n", str(index), "--", "/bin/sh", "-c",
                  f"cd {shlex.quote(os.getcwd())} && exec " + shlex.join([*agent, "--node-rank", str(i)])]
-                for i in range(k)]
+                for i, index in enumerate(pbs_node_indices(env, k))]
     raise RuntimeError("nodes_per_trial > 1 needs a Slurm or PBS job (neither SLURM_JOB_ID nor PBS_JOBID is set)")
+
+
+def pbs_node_indices(env: dict[str, str], k: int) -> list[int]:
+    """For ``pbsdsh -n``: the index in the job's node file of the first entry of each of its first
+    ``k`` hosts. The file has one line per MPI process (``mpiprocs``), not per chunk, so the i-th
+    node is not the i-th line. (Tests, with every chunk on the one node: the first ``k`` lines.)"""
+    if env.get(ONE_NODE_ENV):
+        return list(range(k))
+    try:
+        hosts = [h.strip() for h in Path(env.get("PBS_NODEFILE", "")).read_text().splitlines() if h.strip()]
+    except OSError as err:
+        raise RuntimeError(f"cannot read the job's node file PBS_NODEFILE ({err}) to place the trial's ranks") from err
+    first: dict[str, int] = {}
+    for index, host in enumerate(hosts):
+        first.setdefault(host, index)
+    if len(first) < k:
+        raise RuntimeError(f"the job has {len(first)} node(s) ({', '.join(first)}) but nodes_per_trial is {k}: "
+                           f"ask for {k} chunks on distinct hosts (select={k}:...:mpiprocs=1 with place=scatter)")
+    return list(first.values())[:k]
 
 
 def stop(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 5.0) -> None:
