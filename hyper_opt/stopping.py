@@ -11,9 +11,9 @@ one trial's cost per worker that was starting one.
 ``stop:`` ends a search whose best value has stopped improving, checked after each finished trial:
 
 - ``patience: K`` (with ``min_delta: d``, default 0): the best value has not improved by more than
-  ``d`` over the last ``K`` complete trials;
+  ``d`` over the last ``K`` finished trials (a pruned trial is one that did not improve it);
 - ``improvement: {window: W, bar: b, min_trials: N}``: the rule of Ax's
-  ``ImprovementGlobalStoppingStrategy``: after ``N`` complete trials, the best value's improvement
+  ``ImprovementGlobalStoppingStrategy``: after ``N`` finished trials, the best value's improvement
   over the last ``W`` trials, divided by the interquartile range of the values seen so far, is
   below ``b`` (default 0.1).
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -166,27 +167,32 @@ def _hms(seconds: float) -> str:
 
 
 def stop_rule(spec: StopSpec, trials: Sequence[optuna.trial.FrozenTrial], direction: str) -> tuple[str, str] | None:
-    """(rule, why) when a rule of ``spec`` fires on the complete trials, in the order they finished."""
+    """(rule, why) when a rule of ``spec`` fires on the finished trials (COMPLETE and PRUNED), in the
+    order they finished: a pruned trial counts as a trial that did not improve the best."""
     import optuna
 
-    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None),
+    TS = optuna.trial.TrialState
+    done = sorted((t for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)),
                   key=lambda t: (t.datetime_complete or datetime.datetime.max, t.number))
-    values = [float(t.value) for t in done]  # type: ignore[arg-type]
+    values = [float(t.value) for t in done if t.state == TS.COMPLETE and t.value is not None]
+    if not values:
+        return None
     sign = 1.0 if direction == "minimize" else -1.0
-    best = _running_best([sign * v for v in values])  # minimising sign*value
+    best = _running_best([sign * float(t.value) if t.state == TS.COMPLETE and t.value is not None else math.inf
+                          for t in done])  # minimising sign*value; inf until the first complete trial
     if spec.patience is not None and len(best) > spec.patience:
         before, now = best[-spec.patience - 1], best[-1]
-        if before - now <= spec.min_delta:
+        if math.isfinite(before) and before - now <= spec.min_delta:  # inf: no complete trial back then
             return ("patience", f"the best value improved by {sign * (before - now):+.6g} (no more than min_delta "
-                    f"{spec.min_delta:g}) over the last {spec.patience} complete trials; best {sign * now:.6g}")
+                    f"{spec.min_delta:g}) over the last {spec.patience} finished trials; best {sign * now:.6g}")
     if spec.window is not None and len(best) >= max(spec.min_trials, spec.window + 1):
         q = statistics.quantiles(values, n=4) if len(values) >= 2 else [0.0, 0.0, 0.0]
         iqr = q[2] - q[0]
         gain = best[-spec.window - 1] - best[-1]
         relative = gain / iqr if iqr > 0 else 0.0
-        if relative < spec.bar:
+        if math.isfinite(best[-spec.window - 1]) and relative < spec.bar:
             return ("improvement", f"the best value improved by {relative:.1%} of the values' interquartile range "
-                    f"({iqr:.6g}) over the last {spec.window} complete trials, below the bar of {spec.bar:.0%}; "
+                    f"({iqr:.6g}) over the last {spec.window} finished trials, below the bar of {spec.bar:.0%}; "
                     f"best {sign * best[-1]:.6g}")
     return None
 

@@ -116,6 +116,9 @@ def test_patience_fires_on_a_plateau_not_while_the_best_improves() -> None:
     assert run([5, 1, 0.99, 0.98], spec) is None  # not 3 trials since the last real gain yet
     assert run([1, 2, 3, 4, 5], StopSpec(patience=2), "maximize") is None
     assert run([5, 5, 5, 5], StopSpec(patience=2), "maximize")[0] == "patience"
+    pruned = [_trial(0, TS.COMPLETE, 1, value=1.0), *(_trial(i, TS.PRUNED, 1, start_min=i) for i in range(1, 5))]
+    assert stop_rule(StopSpec(patience=4), pruned, "minimize")[0] == "patience", "pruned trials count, not improving"
+    assert stop_rule(StopSpec(patience=5), pruned, "minimize") is None
     imp = StopSpec(window=3, bar=0.1, min_trials=4)
     assert run([10, 0, 5, 8, 9, 7], imp)[0] == "improvement"  # no gain over the last 3, IQR > 0
     assert run([10, 9, 8, 7, 6, 5], imp) is None
