@@ -87,8 +87,10 @@ def param_importances(trials: Sequence[optuna.trial.FrozenTrial], directions: Se
             return None, what
         finally:
             optuna.logging.set_verbosity(verbosity)
-    messages = sorted({str(w.message) for w in caught
-                       if not issubclass(w.category, (DeprecationWarning, optuna.exceptions.ExperimentalWarning))})
+    # ResourceWarning: a finalizer that ran meanwhile (an unclosed connection of the caller's,
+    # collected here), not something the importances have to say.
+    messages = sorted({str(w.message) for w in caught if not issubclass(
+        w.category, (DeprecationWarning, ResourceWarning, optuna.exceptions.ExperimentalWarning))})
     if not importances or not any(v > 0 for v in importances.values()):
         why = "; ".join(messages) or "every importance is 0"
         notes.append(f"parameter importances could not be estimated from {len(complete)} completed trials: {why}")

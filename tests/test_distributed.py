@@ -93,9 +93,18 @@ def rank_records(s: Search) -> dict[int, dict[int, dict[str, Any]]]:
     return found
 
 
-def study_of(s: Search, storage: str | None = None) -> optuna.Study:
+def study_of(s: Search, storage: str | None = None) -> Any:
+    """The study's trials and user attributes, read with an engine that is disposed at once: a
+    test polling a database leaves no pooled connection behind for a later fork to inherit."""
+    from types import SimpleNamespace
+
     name = s.hyper_config()["optuna"]["study_name"]
-    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    rdb = optuna.storages.RDBStorage(storage or f"sqlite:///{s.save_path / 'hyper_opt.db'}")
+    try:
+        study = optuna.load_study(study_name=name, storage=rdb)
+        return SimpleNamespace(trials=study.get_trials(deepcopy=False), user_attrs=dict(study.user_attrs))
+    finally:
+        rdb.engine.dispose()
 
 
 # ------------------------------------------------------------------------------------------ config

@@ -410,3 +410,26 @@ def test_worker_processes_and_one_process_write_the_same_report(tmp_path: Path) 
     for path in here.files:
         if path.suffix in (".csv", ".png"):
             assert path.read_bytes() == (tmp_path / "forked" / path.name).read_bytes(), path.name
+
+
+def test_a_finalizers_resource_warning_never_becomes_an_importance_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection of the caller's collected while the importances run warns (ResourceWarning):
+    not the importances' to report; their own warnings still are."""
+    import warnings
+
+    import optuna
+
+    from hyper_opt.trials import param_importances
+
+    def importances(study: optuna.Study) -> dict[str, float]:
+        warnings.warn("<psycopg.Connection> was deleted while still open", ResourceWarning)
+        warnings.warn("the evaluator says something", UserWarning)
+        return {"x": 1.0}
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", importances)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    trials = [optuna.trial.create_trial(params={"x": x}, distributions=dist, value=x) for x in (0.1, 0.5, 0.9)]
+    notes: list[str] = []
+    assert param_importances(trials, ["minimize"], notes=notes)[0] == {"x": 1.0}
+    assert "parameter importances: the evaluator says something" in notes
+    assert not [n for n in notes if "psycopg" in n], notes
