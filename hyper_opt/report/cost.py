@@ -56,20 +56,49 @@ def cost_section(trials: Sequence[optuna.trial.FrozenTrial], *, directions: Sequ
 
 
 def best_vs_gpu_hours(trials: Sequence[optuna.trial.FrozenTrial], path: Path, *, direction: str, name: str) -> Path:
-    """Best value so far against the GPU-hours spent (all states' hours count), one point a trial."""
+    """Two panels: the best value so far against the GPU-hours spent (all states' hours count, one
+    point a finished trial), and the GPU-hours used over the study's time, by state."""
     from hyper_opt.plots import BEST_COLOR, COMPLETE_COLOR, NothingToPlot, _figure, _save
 
     curve = [(h, b) for h, b, _ in best_against_hours(trials, direction) if b is not None]
     if not curve:
         raise NothingToPlot("no completed trial yet")
-    fig = _figure(7, 3.6)
-    ax = fig.subplots()
+    fig = _figure(12, 3.8)
+    left, right = fig.subplots(1, 2)
     xs, ys = [h for h, _ in curve], [b for _, b in curve]
-    ax.step(xs, ys, where="post", color=BEST_COLOR, label=f"best {name} so far")
-    ax.scatter(xs, ys, s=8, color=COMPLETE_COLOR, zorder=3)
-    ax.set_xlabel("GPU-hours spent (wall time x GPUs, all trials)")
-    ax.set_ylabel(name)
-    ax.set_title(f"Best {name} against GPU-hours ({direction})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    left.step(xs, ys, where="post", color=BEST_COLOR, label=f"best {name} so far")
+    left.scatter(xs, ys, s=8, color=COMPLETE_COLOR, zorder=3)
+    left.set_xlabel("GPU-hours spent (wall time x GPUs, all trials)")
+    left.set_ylabel(name)
+    left.set_title(f"Best {name} against GPU-hours ({direction})")
+    left.legend(loc="best")
+    _hours_over_time(right, trials)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _hours_over_time(ax: Any, trials: Sequence[optuna.trial.FrozenTrial]) -> None:
+    """Cumulative GPU-hours by state against hours since the first trial started (a finished
+    trial's hours are added when it ends)."""
+    from hyper_opt.accounting import category, retried_numbers, trial_hours
+
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    if not starts:
+        return
+    t0, retried = min(starts), retried_numbers(trials)
+    done = sorted((t for t in trials if t.datetime_complete is not None), key=lambda t: t.datetime_complete)
+    for kind in ("complete", "pruned", "failed", "requeued"):
+        xs, ys, total = [0.0], [0.0], 0.0
+        for t in done:
+            if category(t, retried) == kind:
+                total += trial_hours(t)
+                xs.append((t.datetime_complete - t0).total_seconds() / 3600)
+                ys.append(total)
+        if total:
+            ax.step(xs, ys, where="post", label=f"{kind} ({total:.3g} GPU-h)")
+    ax.set_xlabel("hours since the first trial started")
+    ax.set_ylabel("GPU-hours used")
+    ax.set_title("GPU-hours over time, by state")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left")
