@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hyper_opt import failpoints
+from hyper_opt import failpoints, server_side
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
-from hyper_opt.study import (Opened, counts, fail_silent_trials, fail_stale_trials, first_heartbeat, make_trial,
-                             reload_study, set_user_attrs, start_trial)
+from hyper_opt.study import (Opened, counts, fail_silent_trials, fail_stale_on_server, fail_stale_trials,
+                             first_heartbeat, make_trial, reload_study, set_user_attrs, start_trial)
 
 if TYPE_CHECKING:
     import optuna
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 # Set (to anything) to keep, per claim, how long the budget lock was held (Worker.timing:
 # "lock_s", "claim_s", "trial_built_s"); for benchmarks/lock_hold.py, off otherwise.
 TIMING_ENV = "HYPER_OPT_CLAIM_TIMING"
+# Set (to anything) to keep PostgreSQL on the path without hyper_opt's server-side objects (what a
+# database user without CREATE rights gets): for tests and the before/after benchmarks.
+NO_SERVER_ENV = "HYPER_OPT_NO_SERVER_SIDE"
 
 
 class Stop(enum.Enum):
@@ -91,21 +94,46 @@ class Claimer:
     def __init__(self, config: HyperConfig, *, worker_index: int = 0) -> None:
         self.config = config
         self.worker_index = worker_index
-        self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
+        self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan (or turn asked for)
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
+        self._server: bool | None = None  # hyper_opt's server-side objects in use (None: not decided yet)
+
+    def server_side(self, opened: Opened) -> bool:
+        """Whether this worker uses hyper_opt's objects on the server (PostgreSQL; see
+        hyper_opt.server_side): decided once, and off for good when they cannot be created."""
+        if self._server is None:
+            self._server = server_side.supported(opened.storage) and not os.environ.get(NO_SERVER_ENV)
+        return self._server
+
+    def scan_interval(self, opened: Opened) -> float:
+        """How often this worker looks for stale trials: every heartbeat interval; on PostgreSQL it
+        asks for the study's scan turn every half interval instead (one worker of the study gets
+        it per half interval), so that a stale trial is failed within ``heartbeat_interval`` of
+        going stale whatever the number of workers."""
+        interval = float(self.config.optuna.heartbeat_interval or 0)
+        return interval / 2 if self.server_side(opened) else interval
 
     def _scan_stale(self, opened: Opened) -> None:
         """Fail stale trials (optuna's heartbeat check) and RUNNING trials that never beat; their
         copies are re-queued. Outside the budget lock where the claim is one transaction (a live
         worker's trial is never visible there without its heartbeat); under it elsewhere. Only
         one process succeeds in failing a trial (optuna's ``set_trial_state_values`` refuses a
-        finished one), so only one copy is made."""
+        finished one), so only one copy is made. On PostgreSQL only the worker that takes the
+        study's scan turn looks (one statement; the others skip): the scans per interval do not
+        grow with the number of workers."""
         spec = self.config.optuna
         if not spec.heartbeat_interval:
             return
         self._last_scan = time.monotonic()
+        grace = spec.grace_period or 2 * spec.heartbeat_interval
+        if self.server_side(opened):
+            try:
+                fail_stale_on_server(opened, interval_s=self.scan_interval(opened), grace_period=grace)
+                return
+            except server_side.NotInstalled:
+                self._server = False
         fail_stale_trials(opened.study)
-        fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
+        fail_silent_trials(opened, grace_period=grace)
 
     def claim(self, opened: Opened) -> Claimed | Stop | None:
         """Start a trial if the budget allows: a Claimed trial, Stop.BUDGET, or None (wait and retry).
@@ -115,7 +143,7 @@ class Claimer:
         ``optuna.Trial`` is built once the lock is released."""
         spec = self.config.optuna
         atomic = opened.lock.atomic(opened.storage)
-        due = bool(spec.heartbeat_interval) and time.monotonic() - self._last_scan >= spec.heartbeat_interval
+        due = bool(spec.heartbeat_interval) and time.monotonic() - self._last_scan >= self.scan_interval(opened)
         timing: dict[str, float] = {}
         if due and atomic:
             with_db_retry(lambda: self._scan_stale(opened), seconds=spec.db_retry_seconds,

@@ -317,22 +317,46 @@ def fail_silent_trials(opened: Opened, *, grace_period: float) -> list[int]:
             raise
         logger.warning("cannot look for RUNNING trials without a heartbeat: %s", str(err).splitlines()[0])
         return []
-    failed = []
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for trial_id, number in rows:
-        try:
+    return [number for trial_id, number in rows if _fail_and_requeue(opened, trial_id, number, grace_period, silent=True)]
+
+
+def _fail_and_requeue(opened: Opened, trial_id: int, number: int, grace_period: float, *, silent: bool) -> bool:
+    """Fail a stale trial and re-queue its copy (the storage's stale-trial callback), as optuna's
+    ``fail_stale_trials`` does; a trial that never beat gets an ``error`` saying so. False when
+    another process finished or failed it first (only one process makes the copy)."""
+    import optuna
+
+    storage = opened.storage
+    try:
+        if silent:
             storage.set_trial_user_attr(trial_id, "error", f"RUNNING with no heartbeat for more than "
                                         f"{grace_period:.0f} s (grace_period): its worker died as it started")
-            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if silent:
         logger.warning("trial %d was RUNNING without a heartbeat for more than %.0f s; marked FAIL",
                        number, grace_period)
-        failed.append(number)
-        if callback is not None:
-            callback(opened.study, storage.get_trial(trial_id))
-    return failed
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        callback(opened.study, storage.get_trial(trial_id))
+    return True
+
+
+def fail_stale_on_server(opened: Opened, *, interval_s: float, grace_period: float) -> list[int] | None:
+    """On PostgreSQL, optuna's stale check and :func:`fail_silent_trials` for the whole study, by
+    whichever worker takes the study's scan turn (one per ``interval_s``; one statement that reads
+    only the trials after the counted prefix, see :mod:`hyper_opt.server_side`). The numbers of the
+    trials failed (and re-queued); None when another worker had the turn."""
+    from hyper_opt import server_side
+
+    rows = server_side.stale_trials(opened.storage, study_id=opened.study_id, interval_s=interval_s,
+                                    grace_s=grace_period)
+    if rows is None:
+        return None
+    return [number for trial_id, number, silent in rows
+            if _fail_and_requeue(opened, trial_id, number, grace_period, silent=silent)]
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WAIT_POLL_S = 2.0
+WAIT_POLL_S = 2.0  # the first wait for a full budget to free up; later ones grow (Worker._wait_delay)
+WAIT_MAX_S = 15.0
 PREEMPT_GRACE_S = 45  # after SIGUSR1, how long a trial may run on before it is interrupted
 
 
@@ -136,7 +137,7 @@ class Worker:
                     self.config.optuna.study_name, device, os.getpid(),
                     f"; {self.size.describe()}" if self.size.ranks > 1 else "")
         self._seed_durations(opened)
-        consecutive_failures = 0
+        consecutive_failures = waits = 0
         try:
             while True:
                 stop = self._should_stop(report)
@@ -151,8 +152,10 @@ class Worker:
                     report.stop = claim
                     break
                 if claim is None:  # budget full with trials still running elsewhere: wait for them
-                    time.sleep(WAIT_POLL_S)
+                    time.sleep(self._wait_delay(waits))
+                    waits += 1
                     continue
+                waits = 0
                 frozen = self._run_trial(opened, objective, claim)
                 report.trials.append(frozen.number)
                 report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
@@ -195,6 +198,18 @@ class Worker:
                     logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, t.number)
         except (OSError, HyperOptError) as err:
             logger.warning("worker %d: could not write missing trial CSVs: %s", self.worker_index, err)
+
+    def _wait_delay(self, waits: int) -> float:
+        """How long to wait before the ``waits``-th next look at a full budget: WAIT_POLL_S, growing
+        by half each time up to half the heartbeat interval (at most WAIT_MAX_S, at least
+        WAIT_POLL_S), less a random share of up to a half, so that many waiting workers neither
+        poll the study every 2 s nor in step. Each look also asks for the stale-trial scan turn, so
+        a dead worker's trial is still failed within about ``grace_period + heartbeat_interval``."""
+        import random
+
+        interval = self.config.optuna.heartbeat_interval or 0
+        cap = max(WAIT_POLL_S, min(interval / 2, WAIT_MAX_S))
+        return min(cap, WAIT_POLL_S * 1.5 ** min(waits, 20)) * random.uniform(0.5, 1.0)
 
     def _should_stop(self, report: WorkerReport) -> Stop | None:
         if self._stop_requested:
