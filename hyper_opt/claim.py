@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from hyper_opt import failpoints, server_side
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
-from hyper_opt.storage import with_db_retry
+from hyper_opt.storage import _sqlstate, with_db_retry
 from hyper_opt.study import (Opened, counts, fail_silent_trials, fail_stale_on_server, fail_stale_trials,
-                             first_heartbeat, make_trial, reload_study, set_user_attrs, start_trial)
+                             first_heartbeat, make_trial, reload_study, remember_trial, set_user_attrs,
+                             start_trial)
 
 if TYPE_CHECKING:
     import optuna
@@ -140,17 +141,26 @@ class Claimer:
 
         The new trial's first heartbeat and its run context are recorded here, under the budget
         lock, so that no other worker ever sees a RUNNING trial it cannot account for; the
-        ``optuna.Trial`` is built once the lock is released."""
+        ``optuna.Trial`` is built once the lock is released. On PostgreSQL the claim is one
+        statement (hyper_opt.server_side), so the lock is held for the server's time only."""
         spec = self.config.optuna
-        atomic = opened.lock.atomic(opened.storage)
+        on_server = self.server_side(opened)
+        atomic = on_server or opened.lock.atomic(opened.storage)
         due = bool(spec.heartbeat_interval) and time.monotonic() - self._last_scan >= self.scan_interval(opened)
         timing: dict[str, float] = {}
         if due and atomic:
             with_db_retry(lambda: self._scan_stale(opened), seconds=spec.db_retry_seconds,
                           what="failing stale trials")
         claim_started = time.perf_counter()
-        result = with_db_retry(lambda: self._attempt(opened, atomic=atomic, due=due, timing=timing),
-                               seconds=spec.db_retry_seconds, what="starting a trial")
+        made: list[server_side.ServerClaim] = []
+        try:
+            result = with_db_retry(
+                (lambda: self._attempt_on_server(opened, timing, made)) if on_server
+                else (lambda: self._attempt(opened, atomic=atomic, due=due, timing=timing)),
+                seconds=spec.db_retry_seconds, what="starting a trial")
+        except server_side.NotInstalled:
+            self._server = False
+            return self.claim(opened)
         if result is None and not due:  # about to wait: free the slots of dead workers first
             self._scan_before_waiting(opened, atomic)
         if result is None or isinstance(result, Stop):
@@ -160,6 +170,9 @@ class Claimer:
 
         def build() -> optuna.Trial:  # committed: the trial is RUNNING with a heartbeat whatever happens here
             failpoints.hit("building_trial")
+            if made:  # started on the server, behind the back of optuna's cache
+                remember_trial(opened, trial_id, number=made[-1].number, started_utc=made[-1].started,
+                               popped=made[-1].popped)
             return make_trial(opened, trial_id)
 
         trial = with_db_retry(build, seconds=spec.db_retry_seconds, what=f"building trial {trial_id}")
@@ -167,6 +180,35 @@ class Claimer:
             self.timing.append({**timing, "claim_s": built - claim_started,
                                 "trial_built_s": time.perf_counter() - built})
         return Claimed(trial, trial_id, origin)
+
+    def _attempt_on_server(self, opened: Opened, timing: dict[str, float],
+                           made: list[server_side.ServerClaim]) -> tuple[int, int | None] | Stop | None:
+        """One try of the claim as one statement on PostgreSQL (hyper_opt.server_side.claim)."""
+        spec = self.config.optuna
+        failpoints.hit("holding_budget_lock")  # the nearest point: just before; nothing is written yet
+        started = time.perf_counter()
+        try:
+            got = server_side.claim(opened.storage, study_id=opened.study_id, lock_key=opened.lock.key,
+                                    n_trials=spec.n_trials, can_wait=bool(spec.heartbeat_interval),
+                                    lock_timeout_s=opened.lock.timeout_s, heartbeat=bool(spec.heartbeat_interval),
+                                    attrs=owner())
+        except Exception as err:
+            if _sqlstate(err) == "55P03":  # lock_timeout: a hung holder, not an outage
+                raise opened.lock.stuck() from None
+            raise
+        timing.update(lock_s=got.held_s, call_s=time.perf_counter() - started)
+        if not got.started_trial:
+            return None if got.outcome == "wait" else Stop.BUDGET
+        assert got.trial_id is not None
+        made.append(got)
+        try:  # committed: a failure from here on fails and re-queues the trial at once
+            failpoints.hit("after_ask")
+            failpoints.hit("before_heartbeat")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._abandon(opened, got.trial_id)
+            raise
+        return got.trial_id, got.origin
 
     def _attempt(self, opened: Opened, *, atomic: bool, due: bool,
                  timing: dict[str, float]) -> tuple[int, int | None] | Stop | None:

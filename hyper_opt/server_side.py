@@ -74,7 +74,7 @@ DECLARE
     v_new_done integer; v_add_total integer := 0; v_add_finished integer := 0; v_open boolean := true;
     v_total integer := 0; v_finished integer := 0; v_running integer := 0;
     v_waiting integer[] := '{{}}';
-    v_id integer; v_number integer; v_origin integer; v_start timestamp; v_text text;
+    v_id integer; v_number integer; v_origin integer; v_start timestamp; v_text text; v_popped boolean;
     r record;
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
@@ -126,7 +126,8 @@ BEGIN
             RETURNING t.trial_id, t.number, t.datetime_start INTO v_id, v_number, v_start;
         EXIT WHEN v_id IS NOT NULL;
     END LOOP;
-    IF v_id IS NOT NULL THEN
+    v_popped := v_id IS NOT NULL;
+    IF v_popped THEN
         SELECT a.value_json INTO v_text FROM trial_system_attributes a
             WHERE a.trial_id = v_id AND a.key = 'failed_trial';
         IF v_text ~ '^-?[0-9]+$' THEN
@@ -145,7 +146,7 @@ BEGIN
         SELECT v_id, k.key, k.value FROM unnest(p_keys, p_values) AS k(key, value)
         UNION ALL SELECT v_id, 'retry_of', v_origin::text WHERE v_origin IS NOT NULL
         ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json;
-    RETURN QUERY SELECT 'started'::text, v_id, v_number, v_origin, v_start,
+    RETURN QUERY SELECT CASE WHEN v_popped THEN 'popped' ELSE 'created' END, v_id, v_number, v_origin, v_start,
         (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
 END
 $body$"""
@@ -190,8 +191,9 @@ _NAMES = {"table": TABLE, "claim": CLAIM_FUNCTION, "stale": STALE_FUNCTION}
 
 @dataclass(frozen=True)
 class ServerClaim:
-    """What :func:`claim` answered: ``outcome`` "started", "wait" (the budget is full with trials
-    still running) or "budget" (nothing left to start); for "started" the trial."""
+    """What :func:`claim` answered: ``outcome`` "created" or "popped" (a new trial, or the first
+    WAITING one, is now RUNNING), "wait" (the budget is full with trials still running) or
+    "budget" (nothing left to start); for a started trial its id, number and origin."""
 
     outcome: str
     trial_id: int | None = None
@@ -199,6 +201,14 @@ class ServerClaim:
     origin: int | None = None  # the number of the trial a re-queued copy retries
     started: Any = None  # trials.datetime_start as stored: naive UTC
     held_s: float = 0.0  # the budget lock, from granted to the end of the function (the commit follows)
+
+    @property
+    def started_trial(self) -> bool:
+        return self.outcome in ("created", "popped")
+
+    @property
+    def popped(self) -> bool:
+        return self.outcome == "popped"
 
 
 def supported(storage: Any) -> bool:

@@ -411,6 +411,35 @@ def make_trial(opened: Opened, trial_id: int) -> optuna.Trial:
     return optuna.Trial(opened.study, trial_id)
 
 
+def remember_trial(opened: Opened, trial_id: int, *, number: int, started_utc: Any, popped: bool) -> None:
+    """Make the Study's optuna cache know a trial that hyper_opt's server-side claim started behind
+    its back (optuna's cache refuses parameters for a trial it does not know), as optuna's own
+    calls would have: a new trial is added as ``create_new_trial`` adds it (a RUNNING FrozenTrial
+    with no attributes); a popped WAITING trial by optuna's incremental read of the study, which
+    ``Study.ask`` makes before it pops one. Adding the new trial directly uses the cache's private
+    ``_add_trials_to_cache`` (one trial, no query: the incremental read costs a read of every
+    unfinished trial, which grows with the number of workers); where an optuna release lacks it,
+    the read is made instead."""
+    import datetime as dt
+
+    import optuna
+
+    store = trial_store(opened.study)
+    add = getattr(store, "_add_trials_to_cache", None)
+    studies = getattr(store, "_studies", None)
+    lock = getattr(store, "_lock", None)
+    if popped or add is None or lock is None or not isinstance(studies, dict) or opened.study_id not in studies:
+        store.get_all_trials(opened.study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return
+    local = started_utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None) if started_utc else None
+    frozen = optuna.trial.FrozenTrial(
+        number=number, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=local,
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=trial_id)
+    with lock:
+        add(opened.study_id, [frozen])
+
+
 def reload_study(opened: Opened) -> None:
     """A fresh Study object (same sampler and pruner, so no seed repeats): after a claim's
     transaction was rolled back, optuna's cache may hold a trial that does not exist."""

@@ -161,3 +161,100 @@ def test_waiting_workers_back_off_up_to_half_the_heartbeat_interval(tmp_path: Pa
     assert max(delays[-1]) <= cap and min(delays[-1]) >= cap / 2, "capped, with jitter"
     assert max(delays[-1]) > 3 * worker_mod.WAIT_POLL_S, "the wait grows"
     assert len({round(d, 6) for d in delays[-1]}) > 40, "jittered: waiting workers do not poll in step"
+
+
+def _seed(study: optuna.Study) -> None:
+    """3 finished trials, then an enqueued trial and a re-queued copy of trial 2, both WAITING."""
+    dist = {"x": optuna.distributions.FloatDistribution(-5.0, 5.0)}
+    for value in (1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions=dist, value=value))
+    study.add_trial(optuna.trial.create_trial(params={"x": 3.0}, distributions=dist, state=TS.FAIL))
+    study.enqueue_trial({"x": 0.5}, user_attrs={"seeded": True})
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 3.0}, distributions=dist, state=TS.WAITING, user_attrs={"hostname": "old", "error": "x"},
+        system_attrs={"failed_trial": 2, "retry_history": [2]}))
+
+
+@pytest.mark.postgres
+def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg_url: str) -> None:
+    """The same study twice: trials started by hyper_opt's one-statement claim and by optuna's own
+    ``ask`` (pop the first WAITING trial, else ``create_new_trial``) with the run context set
+    through optuna's API, read back with optuna's ``get_trial``: the same numbers, states,
+    parameters, attributes; start times a moment apart."""
+    from hyper_opt import server_side
+
+    names = [f"same-{tag}-{os.getpid()}-{time.monotonic_ns()}" for tag in ("server", "optuna")]
+    storage = optuna.storages.RDBStorage(pg_url)
+    context = {"hostname": "node1", "worker_pid": "123"}
+    try:
+        ours, theirs = (optuna.create_study(study_name=n, storage=storage) for n in names)
+        _seed(ours)
+        _seed(theirs)
+        pairs = []
+        for _ in range(3):  # pop the enqueued trial, pop the copy, create a new one
+            got = server_side.claim(storage, study_id=ours._study_id, lock_key=hash(names[0]) % 2**62,
+                                    n_trials=100, can_wait=True, lock_timeout_s=30, heartbeat=True, attrs=context)
+            trial = theirs.ask()
+            origin = storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+            attrs = {**context, **({"retry_of": origin} if origin is not None else {})}
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            assert got.started_trial and got.number == trial.number
+            pairs.append((storage.get_trial(got.trial_id), storage.get_trial(trial._trial_id), got))
+        assert [g.outcome for _, _, g in pairs] == ["popped", "popped", "created"]
+        assert [g.origin for _, _, g in pairs] == [None, 2, None]
+        for mine, optunas, _ in pairs:
+            for field in ("number", "state", "params", "distributions", "user_attrs", "system_attrs", "values",
+                          "intermediate_values", "datetime_complete"):
+                assert getattr(mine, field) == getattr(optunas, field), (field, mine, optunas)
+            assert mine.datetime_start is not None
+            assert abs((mine.datetime_start - optunas.datetime_start).total_seconds()) < 5
+        assert pairs[1][0].user_attrs["hostname"] == "node1", "the run context replaces the copied one"
+    finally:
+        storage.engine.dispose()
+        for n in names:
+            _delete(pg_url, n)
+
+
+@pytest.mark.postgres
+def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(pg_url: str) -> None:
+    """The claim counts only the trials after the study's counted prefix (every trial up to it
+    finished); trials finishing in any order, failing, and WAITING trials enqueued by optuna in
+    between must leave its decisions and trial numbers those of a full count."""
+    import random
+
+    from hyper_opt import server_side
+
+    name = f"prefix-{os.getpid()}-{time.monotonic_ns()}"
+    storage = optuna.storages.RDBStorage(pg_url)
+    study = optuna.create_study(study_name=name, storage=storage)
+    rng = random.Random(3)
+    n_trials = 25
+    decisions = []
+    try:
+        for step in range(160):
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            running = [t for t in trials if t.state == TS.RUNNING]
+            action = rng.random()
+            if action < 0.45 and running:
+                state = rng.choice([TS.COMPLETE, TS.COMPLETE, TS.PRUNED, TS.FAIL])
+                storage.set_trial_state_values(rng.choice(running)._trial_id, state,
+                                               [1.0] if state == TS.COMPLETE else None)
+                continue
+            if action < 0.52:
+                study.enqueue_trial({"x": step})
+                continue
+            finished = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
+            expected = ("budget" if finished >= n_trials else "wait" if finished + len(running) >= n_trials
+                        else "started")
+            got = server_side.claim(storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
+                                    n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
+            decisions.append(got.outcome)
+            assert (got.outcome if not got.started_trial else "started") == expected, (step, got, finished, len(running))
+            if got.started_trial:
+                waiting = [t for t in trials if t.state == TS.WAITING]
+                assert got.number == (waiting[0].number if waiting else len(trials)), (step, got)
+        assert {"budget", "wait", "created", "popped"} <= set(decisions), decisions
+    finally:
+        storage.engine.dispose()
+        _delete(pg_url, name)
