@@ -2,12 +2,12 @@
 that use it (issue 24).
 
 * ``hyper_opt_studies_<VERSION>``: one row per study: when its stale trials were last looked for (the
-  *scan turn*, so that one worker per ``heartbeat_interval`` looks, not every worker), how many
-  times, and the *counted prefix*: every trial of the study up to ``done_through`` (a trial id) is
-  finished (COMPLETE, PRUNED or FAIL: states optuna never changes again), and the prefix holds
-  ``done_total`` trials, ``done_finished`` of them COMPLETE or PRUNED. A claim then counts only
-  the trials after the prefix (those of the running workers and the few finished since the oldest
-  running one) instead of the whole study.
+  *scan turn*, so that one worker per interval looks, not every worker), how many times, and the
+  claim's running count, kept as optuna's own cache keeps a study: the largest trial id read
+  (``seen_through``), how many of the trials up to it are finished (``finished_total``; COMPLETE
+  or PRUNED: ``finished_budget``), and the ids of those that were not (``pending``). Finished is
+  final in optuna, so a claim reads only the trials created since and the pending ones (about one
+  per worker) instead of the whole study.
 * ``hyper_opt_claim_<VERSION>(...)``: the claim as one statement: the study's budget advisory lock,
   the count, pop the first WAITING trial or create one in optuna's ``trials`` table (numbered as
   optuna numbers it), its first heartbeat and the run context in ``trial_user_attributes``. The
@@ -51,13 +51,26 @@ CREATE TABLE IF NOT EXISTS {table} (
     study_id integer PRIMARY KEY,
     scanned_at timestamptz,
     scans bigint NOT NULL DEFAULT 0,
-    done_through integer NOT NULL DEFAULT 0,
-    done_total integer NOT NULL DEFAULT 0,
-    done_finished integer NOT NULL DEFAULT 0
+    seen_through integer NOT NULL DEFAULT 0,
+    finished_total integer NOT NULL DEFAULT 0,
+    finished_budget integer NOT NULL DEFAULT 0,
+    pending integer[] NOT NULL DEFAULT '{{}}'
 )"""
 
-# plan_cache_mode: the tail's bound (trial_id > done_through) is planned with its value, so
-# that PostgreSQL walks the primary key from there instead of every trial of the study.
+# The study's trials a claim must read: those created since the last count (trial_id > seen) and
+# those unfinished then (pending), planned for the actual values (EXECUTE .. USING) on the primary
+# key (``study_id + 0`` keeps the planner off the study_id index, which would read every trial of
+# the study); the whole study through its index the first time.
+_TAIL_SQL = """
+    IF v_seen = 0 THEN
+        OPEN c FOR SELECT t.trial_id, t.state::text FROM trials t WHERE t.study_id = p_study_id
+            ORDER BY t.trial_id;
+    ELSE
+        OPEN c FOR EXECUTE 'SELECT t.trial_id, t.state::text FROM trials t WHERE t.trial_id > $1 '
+            'AND t.study_id + 0 = $2 UNION ALL SELECT t.trial_id, t.state::text FROM trials t '
+            'WHERE t.trial_id = ANY($3) ORDER BY 1' USING v_seen, p_study_id, v_old_pending;
+    END IF;"""
+
 _CLAIM_DDL = """
 CREATE OR REPLACE FUNCTION {claim}(
     p_study_id integer, p_lock_key bigint, p_n_trials integer, p_can_wait boolean,
@@ -65,57 +78,60 @@ CREATE OR REPLACE FUNCTION {claim}(
 RETURNS TABLE (outcome text, trial_id integer, trial_number integer, origin integer,
                started timestamp, held_us bigint)
 LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan
 AS $body$
 #variable_conflict use_column
 DECLARE
     v_locked timestamptz;
-    v_done integer; v_done_total integer; v_done_finished integer;
-    v_new_done integer; v_add_total integer := 0; v_add_finished integer := 0; v_open boolean := true;
-    v_total integer := 0; v_finished integer := 0; v_running integer := 0;
-    v_waiting integer[] := '{{}}';
+    v_seen integer; v_new_seen integer; v_ftotal integer; v_fbudget integer;
+    v_old_pending integer[]; v_pending integer[] := '{{}}'; v_waiting integer[] := '{{}}';
+    v_running integer := 0; v_total integer;
     v_id integer; v_number integer; v_origin integer; v_start timestamp; v_text text; v_popped boolean;
-    r record;
+    v_tid integer; v_state text;
+    c refcursor;
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
     PERFORM pg_advisory_xact_lock(p_lock_key);
     v_locked := clock_timestamp();
-    -- as optuna's create_new_trial: trials are numbered under the study's row lock
+    -- as optuna's create_new_trial: trials are created (and numbered) under the study's row lock,
+    -- so every trial of the study with an id up to the largest one read is committed and read
     PERFORM 1 FROM studies s WHERE s.study_id = p_study_id FOR UPDATE;
-    INSERT INTO {table} AS m (study_id) VALUES (p_study_id) ON CONFLICT (study_id) DO NOTHING;
-    SELECT m.done_through, m.done_total, m.done_finished INTO v_done, v_done_total, v_done_finished
-        FROM {table} m WHERE m.study_id = p_study_id;
-    v_new_done := v_done;
-    FOR r IN SELECT t.trial_id AS id, t.state::text AS state FROM trials t
-             WHERE t.study_id = p_study_id AND t.trial_id > v_done ORDER BY t.trial_id LOOP
-        v_total := v_total + 1;
-        IF r.state IN ('COMPLETE', 'PRUNED') THEN
-            v_finished := v_finished + 1;
-        ELSIF r.state = 'RUNNING' THEN
-            v_running := v_running + 1;
-        ELSIF r.state = 'WAITING' THEN
-            v_waiting := v_waiting || r.id;
-        END IF;
-        IF v_open AND r.state IN ('COMPLETE', 'PRUNED', 'FAIL') THEN
-            v_new_done := r.id;
-            v_add_total := v_add_total + 1;
-            v_add_finished := v_add_finished + (r.state <> 'FAIL')::integer;
+    SELECT m.seen_through, m.finished_total, m.finished_budget, m.pending
+        INTO v_seen, v_ftotal, v_fbudget, v_old_pending FROM {table} m WHERE m.study_id = p_study_id;
+    IF NOT FOUND THEN
+        INSERT INTO {table} (study_id) VALUES (p_study_id) ON CONFLICT (study_id) DO NOTHING;
+        v_seen := 0; v_ftotal := 0; v_fbudget := 0; v_old_pending := '{{}}';
+    END IF;
+    v_new_seen := v_seen;{tail}
+    LOOP
+        FETCH c INTO v_tid, v_state;
+        EXIT WHEN NOT FOUND;
+        v_new_seen := greatest(v_new_seen, v_tid);
+        IF v_state IN ('COMPLETE', 'PRUNED') THEN
+            v_ftotal := v_ftotal + 1;
+            v_fbudget := v_fbudget + 1;
+        ELSIF v_state = 'FAIL' THEN
+            v_ftotal := v_ftotal + 1;
         ELSE
-            v_open := false;
+            v_pending := v_pending || v_tid;
+            IF v_state = 'RUNNING' THEN
+                v_running := v_running + 1;
+            ELSIF v_state = 'WAITING' THEN
+                v_waiting := v_waiting || v_tid;
+            END IF;
         END IF;
     END LOOP;
-    IF v_new_done <> v_done THEN
-        UPDATE {table} m SET done_through = v_new_done, done_total = m.done_total + v_add_total,
-            done_finished = m.done_finished + v_add_finished WHERE m.study_id = p_study_id;
+    CLOSE c;
+    IF v_new_seen <> v_seen OR v_pending <> v_old_pending THEN
+        UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal,
+            finished_budget = v_fbudget, pending = v_pending WHERE m.study_id = p_study_id;
     END IF;
-    v_total := v_total + v_done_total;
-    v_finished := v_finished + v_done_finished;
-    IF v_finished >= p_n_trials OR (v_finished + v_running >= p_n_trials AND NOT p_can_wait) THEN
+    v_total := v_ftotal + coalesce(array_length(v_pending, 1), 0);
+    IF v_fbudget >= p_n_trials OR (v_fbudget + v_running >= p_n_trials AND NOT p_can_wait) THEN
         RETURN QUERY SELECT 'budget'::text, NULL::integer, NULL::integer, NULL::integer, NULL::timestamp,
             (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
         RETURN;
     END IF;
-    IF v_finished + v_running >= p_n_trials THEN
+    IF v_fbudget + v_running >= p_n_trials THEN
         RETURN QUERY SELECT 'wait'::text, NULL::integer, NULL::integer, NULL::integer, NULL::timestamp,
             (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
         RETURN;
@@ -156,37 +172,38 @@ CREATE OR REPLACE FUNCTION {stale}(p_study_id integer, p_interval_s double preci
                                            p_grace_s double precision)
 RETURNS TABLE (trial_id integer, trial_number integer, silent boolean)
 LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan
 AS $body$
 #variable_conflict use_column
 DECLARE
-    v_done integer;
+    v_seen integer;
+    v_pending integer[];
 BEGIN
     INSERT INTO {table} AS m (study_id, scanned_at, scans) VALUES (p_study_id, clock_timestamp(), 1)
         ON CONFLICT (study_id) DO UPDATE SET scanned_at = excluded.scanned_at, scans = m.scans + 1
         WHERE m.scanned_at IS NULL OR m.scanned_at <= excluded.scanned_at - make_interval(secs => p_interval_s)
-        RETURNING m.done_through INTO v_done;
+        RETURNING m.seen_through, m.pending INTO v_seen, v_pending;
     IF NOT FOUND THEN
         RETURN;  -- another worker looked less than an interval ago
     END IF;
     RETURN QUERY SELECT NULL::integer, NULL::integer, NULL::boolean;  -- this caller has the turn
-    RETURN QUERY SELECT t.trial_id, t.number, h.trial_id IS NULL FROM trials t
-        LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id
-        WHERE t.study_id = p_study_id AND t.trial_id > v_done AND t.state = 'RUNNING'
-          AND CASE WHEN h.trial_id IS NULL
-                   THEN t.datetime_start < (now() AT TIME ZONE 'UTC') - make_interval(secs => p_grace_s)
-                   ELSE h.heartbeat < LOCALTIMESTAMP - make_interval(secs => p_grace_s) END
-        ORDER BY t.trial_id;
+    -- the RUNNING trials: among those unfinished at the last claim's count and those created since
+    RETURN QUERY EXECUTE 'SELECT t.trial_id, t.number, h.trial_id IS NULL FROM trials t '
+        'LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE '
+        || CASE WHEN v_seen = 0 THEN 't.study_id = $2 ' ELSE '(t.trial_id = ANY($4) OR t.trial_id > $1 AND t.study_id + 0 = $2) ' END
+        || 'AND t.state = ''RUNNING'' AND CASE WHEN h.trial_id IS NULL '
+        'THEN t.datetime_start < (now() AT TIME ZONE ''UTC'') - make_interval(secs => $3) '
+        'ELSE h.heartbeat < LOCALTIMESTAMP - make_interval(secs => $3) END ORDER BY t.trial_id'
+        USING v_seen, p_study_id, p_grace_s, v_pending;
 END
 $body$"""
 
 
 # The names carry a digest of the definitions: a changed body is a new name (never a replaced one).
-VERSION = hashlib.sha256((_TABLE_DDL + _CLAIM_DDL + _STALE_DDL).encode()).hexdigest()[:8]
+VERSION = hashlib.sha256((_TABLE_DDL + _TAIL_SQL + _CLAIM_DDL + _STALE_DDL).encode()).hexdigest()[:8]
 TABLE = f"hyper_opt_studies_{VERSION}"
 CLAIM_FUNCTION = f"hyper_opt_claim_{VERSION}"
 STALE_FUNCTION = f"hyper_opt_stale_{VERSION}"
-_NAMES = {"table": TABLE, "claim": CLAIM_FUNCTION, "stale": STALE_FUNCTION}
+_NAMES = {"table": TABLE, "claim": CLAIM_FUNCTION, "stale": STALE_FUNCTION, "tail": _TAIL_SQL}
 
 
 @dataclass(frozen=True)
