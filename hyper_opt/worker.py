@@ -43,7 +43,7 @@ from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
-from hyper_opt.study import Opened, open_study, recent_durations
+from hyper_opt.study import Opened, finished_numbers, open_study, recent_durations
 
 if TYPE_CHECKING:
     import optuna
@@ -182,20 +182,26 @@ class Worker:
 
     def _write_missing_csvs(self, opened: Opened) -> None:
         """At the end of the study, write the CSV of every finished trial that has none: its
-        worker died after recording it, or its disk was full then (derived from the study)."""
-        import optuna
-
-        TS = optuna.trial.TrialState
+        worker died after recording it, or its disk was full then (derived from the study). Only
+        the missing ones are read (every worker does this as it stops: reading every trial of
+        the study in each cost O(workers x trials) rows at the end of a search)."""
+        seconds = self.config.optuna.db_retry_seconds
         try:
-            trials = with_db_retry(lambda: opened.storage.get_all_trials(
-                opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.FAIL)),
-                seconds=self.config.optuna.db_retry_seconds, what="reading the finished trials")
-            for t in trials:
-                if not results.trial_csv_path(self.config.trials_dir, t.number).exists():
-                    results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
-                                            metric_names=self._metric_names,
-                                            n_values=len(self.config.optuna.directions))
-                    logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, t.number)
+            numbers = with_db_retry(lambda: finished_numbers(opened), seconds=seconds,
+                                    what="reading the finished trials")
+            present = {p.name for p in self.config.trials_dir.glob("trial_*.csv")}
+            for number in numbers:
+                if results.trial_csv_path(self.config.trials_dir, number).name in present:
+                    continue
+
+                def read(number: int = number) -> optuna.trial.FrozenTrial:
+                    store = opened.storage
+                    return store.get_trial(store.get_trial_id_from_study_id_trial_number(opened.study_id, number))
+
+                t = with_db_retry(read, seconds=seconds, what=f"reading trial {number}")
+                results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
+                                        metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+                logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, number)
         except (OSError, HyperOptError) as err:
             logger.warning("worker %d: could not write missing trial CSVs: %s", self.worker_index, err)
 
