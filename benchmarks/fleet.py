@@ -194,9 +194,10 @@ class Server:
 
 @contextlib.contextmanager
 def throwaway_postgres(max_connections: int = 100, *, pgbouncer: bool = False,
-                       pool_size: int = 20) -> Iterator[Server]:
+                       pool_size: int = 20, stat_statements: bool = False) -> Iterator[Server]:
     """A PostgreSQL of its own (initdb in a temporary folder, a free port), optionally behind a
-    PgBouncer in transaction mode; both stopped and deleted on exit."""
+    PgBouncer in transaction mode; both stopped and deleted on exit. ``stat_statements``: with
+    pg_stat_statements loaded and created in its database (benchmarks/background.py)."""
     folder = Path(tempfile.mkdtemp(prefix="hyper_opt-fleet-pg-"))
     data, sock = folder / "data", folder
     if os.geteuid() == 0:
@@ -217,13 +218,18 @@ def throwaway_postgres(max_connections: int = 100, *, pgbouncer: bool = False,
         # in its postgresql.conf, so that a plain pg_ctl start (server_ctl) brings the same server back
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nmax_connections = {max_connections}\n"
-                       f"unix_socket_directories = '{sock}'\nsynchronous_commit = off\nfsync = off\n")
+                       f"unix_socket_directories = '{sock}'\nsynchronous_commit = off\nfsync = off\n"
+                       + ("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n"
+                          if stat_statements else ""))
         started_pg = True
         server_ctl(data, "start")
         psql = _as_server_user(["psql", "-X", "-q", "-h", str(sock), "-p", str(port), "-U", "postgres",
                                 "-v", "ON_ERROR_STOP=1", "-d", "postgres"])
         subprocess.run([*psql, "-c", f"CREATE ROLE fleet LOGIN PASSWORD '{password}'"], check=True, capture_output=True)
         subprocess.run([*psql, "-c", "CREATE DATABASE fleet OWNER fleet"], check=True, capture_output=True)
+        if stat_statements:
+            subprocess.run([*psql[:-1], "fleet", "-c", "CREATE EXTENSION pg_stat_statements"], check=True,
+                           capture_output=True)
         direct = f"postgresql://fleet:{password}@127.0.0.1:{port}/fleet"
         server = Server(url=direct, direct_url=direct, admin_url=None, max_connections=max_connections, data_dir=data)
         if pgbouncer:

@@ -1,27 +1,26 @@
-"""How long a worker holds the study's budget lock per trial, per sampler: the claim before and
-after it was cut down to the claim alone (issue 13, item 2).
+"""How long a worker holds the study's budget lock per claim, per sampler and per claim path.
 
     python -m benchmarks.lock_hold [--prefill 300] [--trials 20] [--samplers Random,TPE,...]
+                                   [--modes transaction,server]
 
 One worker in this process on a PostgreSQL study pre-filled with COMPLETE trials, the instant
-benchmark objective, heartbeat on:
+benchmark objective, heartbeat on. Modes (claim paths):
 
-* ``before``: the claim as it was (emulated here): the session-level advisory lock on a
+* ``before``: the claim before issue 13 (emulated here): the session-level advisory lock on a
   connection of its own, then, under it, optuna's stale-trial scan and the scan for trials
-  without a heartbeat, the count, ``study.ask()`` (pop or create, and building the
-  ``optuna.Trial``), the trial-id and system-attribute reads, the first heartbeat and one INSERT
-  per run-context attribute;
-* ``after``: hyper_opt's claim now (``Worker._claim``): one transaction on the worker's one
-  connection: ``pg_advisory_xact_lock``, the count, create, first heartbeat, the run context in
-  one statement, COMMIT; the ``optuna.Trial`` is built after it and the stale scans run outside
-  the lock, once per heartbeat interval.
+  without a heartbeat, the count, ``study.ask()``, the trial-id and system-attribute reads, the
+  first heartbeat and one INSERT per run-context attribute;
+* ``transaction``: the claim of issue 13, still used where hyper_opt may not create its server-side
+  function: one transaction on the worker's connection (``pg_advisory_xact_lock``, the count,
+  create, first heartbeat, the run context in one statement, COMMIT), several client round trips
+  while the lock is held; timed from the lock granted to the COMMIT's return;
+* ``server``: the claim of issue 24, one statement (``hyper_opt.server_side``): the lock is taken
+  and released inside the server; the hold is timed by the function itself, from the lock
+  granted to its end (the commit follows; with ``synchronous_commit = on`` it includes the WAL
+  flush). *round trip* is the client's time for the whole statement.
 
-The lock hold is timed from the moment the lock is granted to its release (the COMMIT after),
-by the worker's opt-in timing hook (``HYPER_OPT_CLAIM_TIMING``), not from logs. The per-trial
-time is the worker's whole run divided by the trials. Note that optuna 5 samples relative
-parameters lazily, at the trial's first ``suggest`` (in the objective), so even before, most
-of a slow sampler's work ran outside the lock; ``before_trial`` and the cache sync of ``ask``
-did not.
+The lock hold comes from the worker's opt-in timing hook (``HYPER_OPT_CLAIM_TIMING``), not from
+logs. The per-trial time is the worker's whole run (start-up included) divided by the trials.
 """
 
 from __future__ import annotations
@@ -100,10 +99,14 @@ def _summary(values: list[float]) -> dict[str, float]:
             "max_ms": values[-1] * 1000}
 
 
+MODES = ("before", "transaction", "server")
+
+
 def measure(url: str, *, sampler: dict[str, Any], mode: str, prefill: int, trials: int) -> dict[str, Any]:
     import optuna
 
     from benchmarks.scaling import fill_study
+    from hyper_opt.claim import NO_SERVER_ENV
     from hyper_opt.config import load_config
     from hyper_opt.worker import TIMING_ENV, Worker
 
@@ -123,12 +126,18 @@ def measure(url: str, *, sampler: dict[str, Any], mode: str, prefill: int, trial
                 os.environ.pop(TIMING_ENV, None)
             if mode == "before":
                 worker._claim = lambda opened: _old_claim(worker, opened)  # type: ignore[method-assign]
-            start = time.perf_counter()
-            report = worker.run()
-            total = time.perf_counter() - start
+            if mode != "server":
+                os.environ[NO_SERVER_ENV] = "1"
+            try:
+                start = time.perf_counter()
+                report = worker.run()
+                total = time.perf_counter() - start
+            finally:
+                os.environ.pop(NO_SERVER_ENV, None)
         timing = worker.timing or []
         return {"trials": len(report.trials), "per_trial_ms": total / max(1, len(report.trials)) * 1000,
                 "lock": _summary([t["lock_s"] for t in timing]),
+                "round_trip": _summary([t["call_s"] for t in timing if "call_s" in t]),
                 "trial_built": _summary([t["trial_built_s"] for t in timing if "trial_built_s" in t])}
     finally:
         common.delete_study(url, name)
@@ -144,7 +153,7 @@ def _available(spec: dict[str, Any]) -> str | None:
 
 
 def run(*, quick: bool, prefill: int | None = None, trials: int | None = None,
-        samplers: list[str] | None = None) -> dict[str, Any]:
+        samplers: list[str] | None = None, modes: list[str] | None = None) -> dict[str, Any]:
     import logging
 
     import optuna
@@ -163,31 +172,33 @@ def run(*, quick: bool, prefill: int | None = None, trials: int | None = None,
             rows[label] = {"skipped": why}
             continue
         rows[label] = {}
-        for mode in ("before", "after"):
+        for mode in modes or ("transaction", "server"):
             print(f"  lock hold: {label}, {mode}", file=sys.stderr)
             rows[label][mode] = common.retrying(
                 lambda: measure(url, sampler=spec, mode=mode, prefill=prefill, trials=trials),
                 url=url, what=f"lock hold {label} {mode}")
-    return {"prefill": prefill, "trials": trials, "rows": rows,
+    return {"prefill": prefill, "trials": trials, "rows": rows, "modes": list(modes or ("transaction", "server")),
             "load": {"start": load_start, "end": common.load_average()}}
 
 
 def markdown(data: dict[str, Any]) -> str:
     table = []
+    modes = data.get("modes") or ["before", "after"]
     for label, row in data["rows"].items():
         if "skipped" in row:
-            table.append([label, "-", "-", "-", "-", row["skipped"]])
+            table.append([label, "-", "-", "-", "-", "-", row["skipped"]])
             continue
-        for mode in ("before", "after"):
+        for i, mode in enumerate(m for m in modes if m in row):
             r = row[mode]
-            lock = r["lock"]
-            table.append([label if mode == "before" else "", mode, f"{lock.get('median_ms', 0):.1f}",
-                          f"{lock.get('p90_ms', 0):.1f}", f"{lock.get('max_ms', 0):.1f}",
-                          f"{r['per_trial_ms']:.0f}"])
+            lock, trip = r["lock"], r.get("round_trip") or {}
+            table.append([label if i == 0 else "", mode, f"{lock.get('median_ms', 0):.2f}",
+                          f"{lock.get('p90_ms', 0):.2f}", f"{lock.get('max_ms', 0):.1f}",
+                          f"{trip['median_ms']:.2f}" if trip else "-", f"{r['per_trial_ms']:.0f}"])
     return (f"Budget-lock hold per claim (ms) and whole time per trial (ms), one worker, instant objective, "
             f"PostgreSQL study pre-filled with {data['prefill']} COMPLETE trials, {data['trials']} trials "
             f"per row; load average {data['load']['start'][0]:.2f} before, {data['load']['end'][0]:.2f} after.\n\n"
-            + common.markdown_table(["sampler", "claim", "lock median", "lock p90", "lock max", "ms/trial"], table))
+            + common.markdown_table(["sampler", "claim", "lock median", "lock p90", "lock max",
+                                     "round trip median", "ms/trial"], table))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,9 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=300)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samplers", help=f"comma-separated, of: {', '.join(SAMPLERS)}")
+    parser.add_argument("--modes", default="transaction,server", help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args(argv)
     samplers = [s.strip() for s in args.samplers.split(",")] if args.samplers else None
-    print(markdown(run(quick=True, prefill=args.prefill, trials=args.trials, samplers=samplers)))
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown modes {unknown}; known: {', '.join(MODES)}")
+    print(markdown(run(quick=True, prefill=args.prefill, trials=args.trials, samplers=samplers, modes=modes)))
     return 0
 
 

@@ -61,6 +61,19 @@ class BudgetLock:
     def held(self) -> bool:
         return self._depth > 0
 
+    @property
+    def key(self) -> int:
+        """The study's advisory-lock key on PostgreSQL (also taken by hyper_opt.server_side's claim)."""
+        return self._key
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    def stuck(self) -> StorageError:
+        """The error for a lock that stayed taken for ``timeout_s`` (a hung holder)."""
+        return self._stuck()
+
     def _file(self) -> Path:
         st = self._spec.storage
         assert st.path is not None

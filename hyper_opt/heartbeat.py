@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from hyper_opt.budget_lock import session_factory
+from hyper_opt.server_side import record_heartbeat
 from hyper_opt.storage import with_db_retry
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Heartbeat:
     def _beat(self) -> None:
         self._beating.on = True
         try:
-            self._storage.record_heartbeat(self._trial_id)
+            record_heartbeat(self._storage, self._trial_id)  # one statement on PostgreSQL
         finally:
             self._last = time.monotonic()
             self._beating.on = False

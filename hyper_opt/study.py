@@ -317,22 +317,46 @@ def fail_silent_trials(opened: Opened, *, grace_period: float) -> list[int]:
             raise
         logger.warning("cannot look for RUNNING trials without a heartbeat: %s", str(err).splitlines()[0])
         return []
-    failed = []
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for trial_id, number in rows:
-        try:
+    return [number for trial_id, number in rows if _fail_and_requeue(opened, trial_id, number, grace_period, silent=True)]
+
+
+def _fail_and_requeue(opened: Opened, trial_id: int, number: int, grace_period: float, *, silent: bool) -> bool:
+    """Fail a stale trial and re-queue its copy (the storage's stale-trial callback), as optuna's
+    ``fail_stale_trials`` does; a trial that never beat gets an ``error`` saying so. False when
+    another process finished or failed it first (only one process makes the copy)."""
+    import optuna
+
+    storage = opened.storage
+    try:
+        if silent:
             storage.set_trial_user_attr(trial_id, "error", f"RUNNING with no heartbeat for more than "
                                         f"{grace_period:.0f} s (grace_period): its worker died as it started")
-            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if silent:
         logger.warning("trial %d was RUNNING without a heartbeat for more than %.0f s; marked FAIL",
                        number, grace_period)
-        failed.append(number)
-        if callback is not None:
-            callback(opened.study, storage.get_trial(trial_id))
-    return failed
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        callback(opened.study, storage.get_trial(trial_id))
+    return True
+
+
+def fail_stale_on_server(opened: Opened, *, interval_s: float, grace_period: float) -> list[int] | None:
+    """On PostgreSQL, optuna's stale check and :func:`fail_silent_trials` for the whole study, by
+    whichever worker takes the study's scan turn (one per ``interval_s``; one statement that reads
+    only the trials after the counted prefix, see :mod:`hyper_opt.server_side`). The numbers of the
+    trials failed (and re-queued); None when another worker had the turn."""
+    from hyper_opt import server_side
+
+    rows = server_side.stale_trials(opened.storage, study_id=opened.study_id, interval_s=interval_s,
+                                    grace_s=grace_period)
+    if rows is None:
+        return None
+    return [number for trial_id, number, silent in rows
+            if _fail_and_requeue(opened, trial_id, number, grace_period, silent=silent)]
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
@@ -385,6 +409,35 @@ def make_trial(opened: Opened, trial_id: int) -> optuna.Trial:
     import optuna
 
     return optuna.Trial(opened.study, trial_id)
+
+
+def remember_trial(opened: Opened, trial_id: int, *, number: int, started_utc: Any, popped: bool) -> None:
+    """Make the Study's optuna cache know a trial that hyper_opt's server-side claim started behind
+    its back (optuna's cache refuses parameters for a trial it does not know), as optuna's own
+    calls would have: a new trial is added as ``create_new_trial`` adds it (a RUNNING FrozenTrial
+    with no attributes); a popped WAITING trial by optuna's incremental read of the study, which
+    ``Study.ask`` makes before it pops one. Adding the new trial directly uses the cache's private
+    ``_add_trials_to_cache`` (one trial, no query: the incremental read costs a read of every
+    unfinished trial, which grows with the number of workers); where an optuna release lacks it,
+    the read is made instead."""
+    import datetime as dt
+
+    import optuna
+
+    store = trial_store(opened.study)
+    add = getattr(store, "_add_trials_to_cache", None)
+    studies = getattr(store, "_studies", None)
+    lock = getattr(store, "_lock", None)
+    if popped or add is None or lock is None or not isinstance(studies, dict) or opened.study_id not in studies:
+        store.get_all_trials(opened.study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return
+    local = started_utc.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None) if started_utc else None
+    frozen = optuna.trial.FrozenTrial(
+        number=number, state=optuna.trial.TrialState.RUNNING, value=None, values=None, datetime_start=local,
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=trial_id)
+    with lock:
+        add(opened.study_id, [frozen])
 
 
 def reload_study(opened: Opened) -> None:
@@ -480,6 +533,25 @@ def recent_durations(opened: Opened, n: int = 50) -> list[float]:
     done = storage.get_all_trials(opened.study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return [(t.datetime_complete - t.datetime_start).total_seconds() for t in done[-n:]
             if t.datetime_start and t.datetime_complete]
+
+
+def finished_numbers(opened: Opened) -> list[int]:
+    """The numbers of the study's finished trials (COMPLETE, PRUNED, FAIL): one query of one
+    column on an RDB storage, optuna's API elsewhere."""
+    import optuna
+
+    storage = opened.storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        import sqlalchemy
+
+        with storage.engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT number FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"),
+                {"sid": opened.study_id}).fetchall()
+        return sorted(int(n) for (n,) in rows)
+    TS = optuna.trial.TrialState
+    return [t.number for t in storage.get_all_trials(opened.study_id, deepcopy=False,
+                                                     states=(TS.COMPLETE, TS.PRUNED, TS.FAIL))]
 
 
 def fail_running_trials(opened: Opened, reason: Any, *, max_retry: int) -> list[int]:

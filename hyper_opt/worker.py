@@ -2,16 +2,9 @@
 
 Every Slurm job and every local worker process runs this loop. Per trial:
 
-1. claim: under the study's budget lock, count finished (COMPLETE + PRUNED) and RUNNING trials
-   and start a trial (pop a WAITING one or create one) only when that leaves the budget
-   unexceeded, recording its first heartbeat and run context before the lock is released. On
-   PostgreSQL all of it is one transaction (:meth:`BudgetLock.transaction`): a worker killed in
-   the middle leaves nothing. This makes the final count exact with any number of workers, and
-   no RUNNING trial is ever without a heartbeat or an owner. The lock is held for a few queries
-   only: the ``optuna.Trial`` (where the sampler's ``before_trial`` runs, and relative sampling
-   at the first suggestion) is built after it is released, and stale trials (dead workers, and
-   RUNNING trials that never recorded a heartbeat; their copies are re-queued) are failed
-   outside it, at most once per ``heartbeat_interval`` and whenever the budget is full;
+1. claim (hyper_opt.claim): under the study's budget lock, start a trial only when that leaves
+   the global budget unexceeded, with its first heartbeat and run context recorded before the
+   lock is released; stale trials of dead workers are failed and re-queued;
 2. train outside the lock, with a heartbeat thread so that a killed worker's trial goes stale;
 3. tell optuna the outcome (retrying while the database is unreachable), then write the
    trial's CSV file.
@@ -25,12 +18,10 @@ is shorter than the expected duration of one more trial, or on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import shutil
 import signal
-import socket
 import statistics
 import threading
 import time
@@ -40,8 +31,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt import failpoints, results, stopping
-from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
 from hyper_opt.accounting import STOPPED_ATTR
+from hyper_opt.claim import (TIMING_ENV, Claimed, Claimer, Stop, fail_elsewhere,  # noqa: F401 - re-exported
+                             run_context)
+from hyper_opt.exceptions import HyperOptError, Interrupted, StorageError  # noqa: F401 - Interrupted re-exported
 from hyper_opt.code_errors import code_error_stop, stop_on_code_error
 from hyper_opt.distributed import RankLost, TrialSize, run_ranks
 from hyper_opt.heartbeat import Heartbeat
@@ -51,38 +44,16 @@ from hyper_opt.objective import BaseObjective, trial_device
 from hyper_opt.registry import requeue_callback
 from hyper_opt.schema import HyperConfig
 from hyper_opt.storage import with_db_retry
-from hyper_opt.study import (Opened, counts, fail_silent_trials, fail_stale_trials, first_heartbeat, make_trial,
-                             open_study, recent_durations, reload_study, set_user_attrs, start_trial)
+from hyper_opt.study import Opened, finished_numbers, open_study, recent_durations
 
 if TYPE_CHECKING:
     import optuna
 
 logger = logging.getLogger(__name__)
 
-WAIT_POLL_S = 2.0
+WAIT_POLL_S = 2.0  # the first wait for a full budget to free up; later ones grow (Worker._wait_delay)
+WAIT_MAX_S = 15.0
 PREEMPT_GRACE_S = 45  # after SIGUSR1, how long a trial may run on before it is interrupted
-# Set (to anything) to keep, per claim, how long the budget lock was held (Worker.timing:
-# "lock_s", "claim_s", "trial_built_s"); for benchmarks/lock_hold.py, off otherwise.
-TIMING_ENV = "HYPER_OPT_CLAIM_TIMING"
-
-
-class Stop(enum.Enum):
-    BUDGET = "the study reached n_trials finished trials"
-    WALLTIME = "not enough wall time left for another trial"
-    SIGNAL = "interrupted"
-    FAILURES = "too many consecutive failed trials"
-    MAX_TRIALS = "this worker's own trial limit was reached"
-    CODE_ERROR = "an error in the objective's code or files that every trial would meet"
-    LIMIT = "the study's budget (optuna:budget) or stop rule (optuna:stop) ended the search"
-
-
-@dataclass
-class Claimed:
-    """A trial this worker started: its heartbeat and run context are already recorded."""
-
-    trial: optuna.Trial
-    trial_id: int
-    origin: int | None  # the trial it retries, for a re-queued copy
 
 
 @dataclass
@@ -90,19 +61,6 @@ class WorkerReport:
     trials: list[int] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
     stop: Stop | None = None
-
-
-def run_context() -> dict[str, str]:
-    """Where a trial ran: recorded with the trial and in its CSV."""
-    return {
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", "") and
-        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-        or os.environ.get("SLURM_JOB_ID", ""),
-        "pbs_job_id": os.environ.get("PBS_JOBID", ""),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "worker_pid": str(os.getpid()),
-    }
 
 
 class Worker:
@@ -119,11 +77,11 @@ class Worker:
         self._in_trial = False
         self._alarm: tuple[float, int] | None = None  # when the worker armed SIGALRM, the user's pending alarm
         self._durations: list[float] = []
-        self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan
         self._last_error: BaseException | None = None  # what failed the last trial
         self._interrupt_pending: str | None = None  # a signal deferred out of a finalizer (signals.py)
         self._stop_signal: str | None = None  # the first stopping signal: why an interrupted trial stopped
-        self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
+        self._claimer = Claimer(config, worker_index=worker_index, nodes_per_trial=self.size.nodes_per_trial)
+        self.timing = self._claimer.timing  # per claim, with HYPER_OPT_CLAIM_TIMING set (benchmarks/lock_hold.py)
         spec = config.optuna
         self._param_names = [p.name for p in spec.parameters]
         self._metric_names = list(spec.metrics)
@@ -182,7 +140,7 @@ class Worker:
                     self.config.optuna.study_name, device, os.getpid(),
                     f"; {self.size.describe()}" if self.size.ranks > 1 else "")
         self._seed_durations(opened)
-        consecutive_failures = 0
+        consecutive_failures = waits = 0
         try:
             while True:
                 stop = self._should_stop(report)
@@ -197,8 +155,10 @@ class Worker:
                     report.stop = claim
                     break
                 if claim is None:  # budget full with trials still running elsewhere: wait for them
-                    time.sleep(WAIT_POLL_S)
+                    time.sleep(self._wait_delay(waits))
+                    waits += 1
                     continue
+                waits = 0
                 frozen = self._run_trial(opened, objective, claim)
                 report.trials.append(frozen.number)
                 report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
@@ -228,22 +188,40 @@ class Worker:
 
     def _write_missing_csvs(self, opened: Opened) -> None:
         """At the end of the study, write the CSV of every finished trial that has none: its
-        worker died after recording it, or its disk was full then (derived from the study)."""
-        import optuna
-
-        TS = optuna.trial.TrialState
+        worker died after recording it, or its disk was full then (derived from the study). Only
+        the missing ones are read (every worker does this as it stops: reading every trial of
+        the study in each cost O(workers x trials) rows at the end of a search)."""
+        seconds = self.config.optuna.db_retry_seconds
         try:
-            trials = with_db_retry(lambda: opened.storage.get_all_trials(
-                opened.study_id, deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.FAIL)),
-                seconds=self.config.optuna.db_retry_seconds, what="reading the finished trials")
-            for t in trials:
-                if not results.trial_csv_path(self.config.trials_dir, t.number).exists():
-                    results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
-                                            metric_names=self._metric_names,
-                                            n_values=len(self.config.optuna.directions))
-                    logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, t.number)
+            numbers = with_db_retry(lambda: finished_numbers(opened), seconds=seconds,
+                                    what="reading the finished trials")
+            present = {p.name for p in self.config.trials_dir.glob("trial_*.csv")}
+            for number in numbers:
+                if results.trial_csv_path(self.config.trials_dir, number).name in present:
+                    continue
+
+                def read(number: int = number) -> optuna.trial.FrozenTrial:
+                    store = opened.storage
+                    return store.get_trial(store.get_trial_id_from_study_id_trial_number(opened.study_id, number))
+
+                t = with_db_retry(read, seconds=seconds, what=f"reading trial {number}")
+                results.write_trial_csv(self.config.trials_dir, t, param_names=self._param_names,
+                                        metric_names=self._metric_names, n_values=len(self.config.optuna.directions))
+                logger.info("worker %d: wrote the missing CSV of trial %d", self.worker_index, number)
         except (OSError, HyperOptError) as err:
             logger.warning("worker %d: could not write missing trial CSVs: %s", self.worker_index, err)
+
+    def _wait_delay(self, waits: int) -> float:
+        """How long to wait before the ``waits``-th next look at a full budget: WAIT_POLL_S, growing
+        by half each time up to half the heartbeat interval (at most WAIT_MAX_S, at least
+        WAIT_POLL_S), less a random share of up to a half, so that many waiting workers neither
+        poll the study every 2 s nor in step. Each look also asks for the stale-trial scan turn, so
+        a dead worker's trial is still failed within about ``grace_period + heartbeat_interval``."""
+        import random
+
+        interval = self.config.optuna.heartbeat_interval or 0
+        cap = max(WAIT_POLL_S, min(interval / 2, WAIT_MAX_S))
+        return min(cap, WAIT_POLL_S * 1.5 ** min(waits, 20)) * random.uniform(0.5, 1.0)
 
     def _should_stop(self, report: WorkerReport) -> Stop | None:
         if self._stop_requested:
@@ -272,112 +250,9 @@ class Worker:
         self._durations.extend(with_db_retry(lambda: recent_durations(opened, 50), what="reading recent trials",
                                              seconds=self.config.optuna.db_retry_seconds))
 
-    def _scan_stale(self, opened: Opened) -> None:
-        """Fail stale trials (optuna's heartbeat check) and RUNNING trials that never beat; their
-        copies are re-queued. Outside the budget lock where the claim is one transaction (a live
-        worker's trial is never visible there without its heartbeat); under it elsewhere. Only
-        one process succeeds in failing a trial (optuna's ``set_trial_state_values`` refuses a
-        finished one), so only one copy is made."""
-        spec = self.config.optuna
-        if not spec.heartbeat_interval:
-            return
-        self._last_scan = time.monotonic()
-        fail_stale_trials(opened.study)
-        fail_silent_trials(opened, grace_period=spec.grace_period or 2 * spec.heartbeat_interval)
-
     def _claim(self, opened: Opened) -> Claimed | Stop | None:
-        """Start a trial if the budget allows: a Claimed trial, Stop.BUDGET, or None (wait and retry).
-
-        The new trial's first heartbeat and its run context are recorded here, under the budget
-        lock, so that no other worker ever sees a RUNNING trial it cannot account for; the
-        ``optuna.Trial`` is built once the lock is released."""
-        import optuna
-
-        spec = self.config.optuna
-        atomic = opened.lock.atomic(opened.storage)
-        due = bool(spec.heartbeat_interval) and time.monotonic() - self._last_scan >= spec.heartbeat_interval
-        timing: dict[str, float] = {}
-
-        def attempt() -> tuple[int, int | None] | Stop | None:
-            TS = optuna.trial.TrialState
-            created = False
-            made: list[int] = []
-            started = time.perf_counter()
-            try:
-                with opened.lock.transaction(opened.storage) as conn:
-                    locked = time.perf_counter()
-                    failpoints.hit("holding_budget_lock")
-                    if due and not atomic:
-                        self._scan_stale(opened)
-                    c = counts(opened, conn)
-                    finished = c[TS.COMPLETE.name] + c[TS.PRUNED.name]
-                    if finished >= spec.n_trials:
-                        return Stop.BUDGET
-                    if stopping.applies(spec) and stopping.reached(opened, spec, self.worker_index, conn):
-                        return Stop.LIMIT
-                    if finished + c[TS.RUNNING.name] >= spec.n_trials:
-                        # Only wait where a dead worker's trial can go stale and be retried.
-                        return None if spec.heartbeat_interval else Stop.BUDGET
-                    if not opened.lock.owned():  # the journal's lease, lost while suspended: count again
-                        logger.warning("worker %d: the budget lock was taken over while this worker was "
-                                       "suspended; nothing written, claiming again", self.worker_index)
-                        return None
-                    created = True
-                    trial_id, origin = start_trial(opened, waiting=c[TS.WAITING.name] > 0,
-                                                   owner=None if atomic else self._owner())
-                    made.append(trial_id)
-                    failpoints.hit("after_ask")
-                    failpoints.hit("before_heartbeat")
-                    if spec.heartbeat_interval:
-                        first_heartbeat(opened, trial_id, conn)
-                    self._start_bookkeeping(opened, trial_id, origin, conn)
-                    committing = time.perf_counter()
-                timing.update(lock_s=time.perf_counter() - locked, wait_s=locked - started,
-                              commit_s=time.perf_counter() - committing)
-                return trial_id, origin
-            except BaseException:
-                if created and atomic:  # rolled back: optuna's cache may hold a trial that is not there
-                    with contextlib.suppress(Exception):
-                        reload_study(opened)
-                if made and not atomic:  # committed, never ran: fail and re-queue it now, as a stale scan would
-                    with contextlib.suppress(Exception):
-                        self._abandon(opened, made[0])
-                raise
-
-        if due and atomic:
-            with_db_retry(lambda: self._scan_stale(opened), seconds=spec.db_retry_seconds,
-                          what="failing stale trials")
-        claim_started = time.perf_counter()
-        result = with_db_retry(attempt, seconds=spec.db_retry_seconds, what="starting a trial")
-        if result is None and not due:  # about to wait: free the slots of dead workers first
-            self._scan_before_waiting(opened, atomic)
-        if result is None or isinstance(result, Stop):
-            return result
-        trial_id, origin = result
-        built = time.perf_counter()
-
-        def build() -> optuna.Trial:  # committed: the trial is RUNNING with a heartbeat whatever happens here
-            failpoints.hit("building_trial")
-            return make_trial(opened, trial_id)
-
-        trial = with_db_retry(build, seconds=spec.db_retry_seconds, what=f"building trial {trial_id}")
-        if self.timing is not None:
-            self.timing.append({**timing, "claim_s": built - claim_started,
-                                "trial_built_s": time.perf_counter() - built})
-        return Claimed(trial, trial_id, origin)
-
-    def _scan_before_waiting(self, opened: Opened, atomic: bool) -> None:
-        """Fail stale trials before waiting for a full budget to free up (under the budget lock
-        where the claim is no transaction)."""
-
-        def scan() -> None:
-            if atomic:
-                self._scan_stale(opened)
-                return
-            with opened.lock.hold():
-                self._scan_stale(opened)
-
-        with_db_retry(scan, seconds=self.config.optuna.db_retry_seconds, what="failing stale trials")
+        """Start a trial if the budget allows (hyper_opt.claim): Claimed, Stop.BUDGET, or None (wait)."""
+        return self._claimer.claim(opened)
 
     def _run_trial(self, opened: Opened, objective: BaseObjective, claim: Claimed) -> optuna.trial.FrozenTrial:
         import optuna
@@ -452,13 +327,6 @@ class Worker:
                           what=f"re-queueing trial {frozen.number}")
             logger.info("worker %d: trial %d re-queued to run again", self.worker_index, frozen.number)
 
-    def _start_bookkeeping(self, opened: Opened, trial_id: int, origin: int | None, conn: Any = None) -> None:
-        """Record where the trial runs (and which trial a retried copy retries): one statement."""
-        attrs: dict[str, Any] = self._owner()  # no Slurm job, no GPU: left out
-        if origin is not None:
-            attrs["retry_of"] = origin  # same parameters, same checkpoint folder
-        set_user_attrs(opened, trial_id, attrs, conn)
-
     def _record(self, opened: Opened, trial: optuna.Trial, trial_id: int, state: Any, values: Any,
                 error: str | None, stopped: str | None = None) -> optuna.trial.FrozenTrial:
         """Tell optuna and write the CSV; a database outage is waited out, not fatal."""
@@ -509,27 +377,7 @@ class Worker:
 
     @staticmethod
     def _fail_elsewhere(opened: Opened, trial_id: int, why: str = "failed by another process (failpoint)") -> None:
-        """Mark a trial FAIL with ``why`` as its error. The failpoints' ``failed`` does it behind
-        the worker's back, as ``cancel``, ``--reload`` or another worker's stale scan do."""
-        import optuna
-
-        opened.storage.set_trial_user_attr(trial_id, "error", why)
-        opened.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-
-    def _abandon(self, opened: Opened, trial_id: int) -> None:
-        """A trial the claim started but could not finish starting (it never ran): FAIL, and a
-        WAITING copy within optuna:max_retry, as a stale scan does later where there is one."""
-        self._fail_elsewhere(opened, trial_id, "the worker's claim failed after starting it")
-        callback = requeue_callback(opened.storage, self.config.optuna.max_retry)
-        if callback is not None:
-            callback(opened.study, opened.storage.get_trial(trial_id))
-
-    def _owner(self) -> dict[str, Any]:
-        """The run context, and the GPUs the trial holds (for its GPU-hours; none on the CPU)."""
-        owner: dict[str, Any] = {k: v for k, v in run_context().items() if v != ""}
-        visible = [g for g in owner.get("cuda_visible_devices", "").split(",") if g.strip() not in ("", "-1")]
-        owner["gpus"] = len(visible) * self.size.nodes_per_trial  # 0 also replaces a retried original's
-        return owner
+        fail_elsewhere(opened, trial_id, why)
 
     def _write_orphan(self, trial: optuna.Trial, state: Any, values: Any, error: str | None) -> None:
         """Keep a result the database never received, so that it is not lost."""

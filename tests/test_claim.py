@@ -121,23 +121,57 @@ def _run_worker(s: Search, env: dict[str, str] | None = None, timeout: float = 9
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("point", ["after_ask", "before_heartbeat"])
-def test_a_worker_killed_inside_its_claim_leaves_no_trial_on_postgresql(tmp_path: Path, pg_url: str,
-                                                                        point: str) -> None:
-    """The claim is one transaction: a trial created but not committed vanishes with the
-    worker, and the lock goes with the server session (the next worker is not held up)."""
+def test_a_worker_killed_inside_its_claim_transaction_leaves_no_trial_on_postgresql(tmp_path: Path, pg_url: str,
+                                                                                    point: str) -> None:
+    """The claim without hyper_opt's server-side function (a user who may not create it) is one
+    transaction: a trial created but not committed vanishes with the worker, and the lock goes
+    with the server session (the next worker is not held up)."""
     s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": 1}, model={"model": {"x": 0.0}, "steps": 1})
     name = s.hyper_config()["optuna"]["study_name"]
+    old_path = {"HYPER_OPT_NO_SERVER_SIDE": "1"}
     try:
-        proc = _run_worker(s, {"HYPER_OPT_FAILPOINTS": f"{point}=kill"})
+        proc = _run_worker(s, {"HYPER_OPT_FAILPOINTS": f"{point}=kill", **old_path})
         assert proc.returncode == -9, proc.stderr[-2000:]
         study = optuna.load_study(study_name=name, storage=pg_url)
         assert study.trials == [], [(t.number, t.state) for t in study.trials]
         started = time.monotonic()
-        proc = _run_worker(s)
+        proc = _run_worker(s, old_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert time.monotonic() - started < 60
         trials = optuna.load_study(study_name=name, storage=pg_url).trials
         assert [(t.number, t.state) for t in trials] == [(0, TS.COMPLETE)], "numbered from 0, nothing to fail"
+    finally:
+        _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+def test_a_worker_killed_around_its_one_statement_claim_leaves_nothing_or_a_trial_that_is_retried(
+        tmp_path: Path, pg_url: str) -> None:
+    """With the claim as one server-side statement no client code runs while the lock is held:
+    killed before it, the worker leaves nothing; killed right after it, a RUNNING trial with its
+    heartbeat and run context, which the next worker fails and re-queues once it is stale."""
+    s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": 1, "heartbeat_interval": 1,
+                                             "grace_period": 2}, model={"model": {"x": 0.0}, "steps": 1})
+    name = s.hyper_config()["optuna"]["study_name"]
+    try:
+        proc = _run_worker(s, {"HYPER_OPT_FAILPOINTS": "holding_budget_lock=kill"})
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        assert optuna.load_study(study_name=name, storage=pg_url).trials == []
+        proc = _run_worker(s, {"HYPER_OPT_FAILPOINTS": "after_ask=kill"})
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        [orphan] = optuna.load_study(study_name=name, storage=pg_url).trials
+        assert orphan.state == TS.RUNNING and "worker_pid" in orphan.user_attrs, orphan
+        engine = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            beats = conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = :t"),
+                                 {"t": orphan._trial_id}).scalar()
+        engine.dispose()
+        assert beats == 1, "the claim records the first heartbeat in the same statement"
+        proc = _run_worker(s)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        trials = optuna.load_study(study_name=name, storage=pg_url).trials
+        assert [(t.number, t.state) for t in trials] == [(0, TS.FAIL), (1, TS.COMPLETE)]
+        assert trials[1].user_attrs["retry_of"] == 0 and trials[1].system_attrs["failed_trial"] == 0
     finally:
         _delete(pg_url, name)
 

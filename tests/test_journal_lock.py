@@ -137,12 +137,12 @@ def test_a_holder_that_lost_the_journal_lock_finds_out_and_deletes_nothing(journ
 WORKER = textwrap.dedent('''
     import os, signal, sys
     from pathlib import Path
-    from hyper_opt import budget_lock, worker
+    from hyper_opt import budget_lock, claim, worker
     from hyper_opt.cli import main
     budget_lock.JOURNAL_LOCK_GRACE_S, budget_lock.JOURNAL_LOCK_RENEW_S = {grace}, {renew}
     worker.WAIT_POLL_S = 0.2
     if sys.argv[3] == "pause":
-        counts = worker.counts
+        counts = claim.counts
         def counted(*args, **kwargs):
             result = counts(*args, **kwargs)
             marker = Path("counted")
@@ -150,7 +150,7 @@ WORKER = textwrap.dedent('''
                 marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGSTOP)
             return result
-        worker.counts = counted
+        claim.counts = counted
     raise SystemExit(main(["run", sys.argv[1], sys.argv[2]]))
 ''').format(grace=GRACE_S, renew=RENEW_S)
 

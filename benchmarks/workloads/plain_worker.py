@@ -3,7 +3,7 @@
 This is what a user writes without hyper_opt: the same search space (x float in [-5, 5], y int
 in [0, 10]), the same toy loss and sleep, the same sampler with its seed offset by the worker
 index (as hyper_opt does, so that workers do not repeat each other's random start-up trials).
-The study must exist (the benchmark creates it before starting the workers).
+The study must exist (the benchmark creates it before starting the workers), unless ``--create``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=int, default=0, help="RDBStorage heartbeat_interval (0: off)")
     parser.add_argument("--timing-dir")
+    parser.add_argument("--create", action="store_true", help="create the study (load it if it exists) instead of loading it")
     args = parser.parse_args()
 
     import optuna
@@ -48,7 +49,10 @@ def main() -> int:
                 engine_kwargs={"pool_pre_ping": True},
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
     sampler = getattr(optuna.samplers, args.sampler)(seed=args.seed + args.worker_index)
-    study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler)
+    if args.create:
+        study = optuna.create_study(study_name=args.study, storage=storage, sampler=sampler, load_if_exists=True)
+    else:
+        study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler)
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", -5.0, 5.0)

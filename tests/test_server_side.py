@@ -1,0 +1,260 @@
+"""hyper_opt's objects on a PostgreSQL server (hyper_opt.server_side): one stale-trial scan per
+study per interval whatever the number of workers, a dead worker's trial still failed and
+re-queued in time, a heartbeat in one statement, and the waits of workers at a full budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+
+from .conftest import write_search
+
+TS = optuna.trial.TrialState
+
+
+def _delete(url: str, name: str) -> None:
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
+
+
+@pytest.mark.postgres
+def test_many_callers_take_one_scan_turn_per_interval(pg_url: str) -> None:
+    """8 workers asking for the scan turn every 20 ms for 2.2 s, interval 1 s: 3 turns at most
+    (at 0, 1 and 2 s), not one per ask."""
+    from hyper_opt import server_side
+
+    name = f"turns-{os.getpid()}-{time.monotonic_ns()}"
+    storage = optuna.storages.RDBStorage(pg_url)
+    study_id = optuna.create_study(study_name=name, storage=storage)._study_id
+    asks, turns = [0], [0]
+    lock = threading.Lock()
+
+    def ask_for_turns() -> None:
+        own = optuna.storages.RDBStorage(pg_url)
+        end = time.monotonic() + 2.2
+        while time.monotonic() < end:
+            got = server_side.stale_trials(own, study_id=study_id, interval_s=1.0, grace_s=5.0)
+            with lock:
+                asks[0] += 1
+                turns[0] += got is not None
+            time.sleep(0.02)
+        own.engine.dispose()
+
+    try:
+        threads = [threading.Thread(target=ask_for_turns) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert asks[0] > 100, asks
+        assert 2 <= turns[0] <= 3, f"{turns[0]} scan turns for {asks[0]} asks in 2.2 s at 1 s intervals"
+        assert server_side.scans(storage.engine, study_id) == turns[0]
+    finally:
+        storage.engine.dispose()
+        _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_dead_workers_trial_is_requeued_in_time_and_scans_do_not_grow_with_workers(
+        tmp_path: Path, pg_url: str) -> None:
+    """4 workers, one killed at the start of a trial (after its claim recorded the heartbeat):
+    its trial is failed within grace_period + heartbeat_interval of its last beat and its copy
+    runs; no other trial fails; and the workers took at most one scan turn per half interval
+    between them (with one scan per worker per interval they would take about 4 times as many)."""
+    from hyper_opt import server_side
+
+    hb, grace, workers, n_trials = 1, 3, 4, 12
+    s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": n_trials, "heartbeat_interval": hb,
+                                             "grace_period": grace},
+                     model={"model": {"x": 0.0}, "steps": 3, "sleep": 0.4})
+    name = s.hyper_config()["optuna"]["study_name"]
+    fired = tmp_path / "fired"
+    fired.mkdir()
+    env = {**os.environ, "HYPER_OPT_FAILPOINTS": "in_train=kill", "HYPER_OPT_FAILPOINTS_DIR": str(fired)}
+    try:
+        started = time.monotonic()
+        procs = [subprocess.Popen([sys.executable, "-m", "hyper_opt.run", "hyper.yml", "model.yml",
+                                   "--worker-index", str(i)], cwd=s.folder, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(workers)]
+        codes = []
+        for p in procs:
+            _, err = p.communicate(timeout=180)
+            codes.append(p.returncode)
+        took = time.monotonic() - started
+        assert sorted(codes) == [-9, 0, 0, 0], codes
+        storage = optuna.storages.RDBStorage(pg_url)
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.trials
+        assert sum(t.state == TS.COMPLETE for t in trials) == n_trials and not [t for t in trials if t.state == TS.RUNNING]
+        failed = [t for t in trials if t.state == TS.FAIL]
+        assert len(failed) == 1, [(t.number, t.state, t.user_attrs.get("error")) for t in failed]
+        copies = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+        assert copies and copies[0].state == TS.COMPLETE
+        with storage.engine.connect() as conn:
+            late = conn.execute(sqlalchemy.text(
+                "SELECT EXTRACT(EPOCH FROM (t.datetime_complete AT TIME ZONE 'UTC') "
+                "- (h.heartbeat AT TIME ZONE current_setting('TimeZone'))) FROM trials t "
+                "JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE t.trial_id = :t"),
+                {"t": failed[0]._trial_id}).scalar()
+        assert grace <= float(late) <= grace + hb + 2.0, f"failed {late} s after its last heartbeat"
+        scans = server_side.scans(storage.engine, study._study_id)
+        assert 1 <= scans <= took / (hb / 2) + 2, f"{scans} scan turns in {took:.1f} s"
+        storage.engine.dispose()
+    finally:
+        _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+def test_a_heartbeat_is_one_statement_and_fresh(pg_url: str) -> None:
+    from hyper_opt import server_side
+
+    name = f"beat-{os.getpid()}-{time.monotonic_ns()}"
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = optuna.storages.RDBStorage(pg_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial_id = study.ask()._trial_id
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", count)
+    try:
+        server_side.record_heartbeat(storage, trial_id)
+        time.sleep(1.2)
+        server_side.record_heartbeat(storage, trial_id)
+        assert len(statements) == 2, statements
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", count)
+        with storage.engine.connect() as conn:
+            age = conn.execute(sqlalchemy.text(
+                "SELECT EXTRACT(EPOCH FROM (LOCALTIMESTAMP - heartbeat)) FROM trial_heartbeats WHERE trial_id = :t"),
+                {"t": trial_id}).scalar()
+        assert float(age) < 1.0, f"the second beat did not update the heartbeat ({age} s old)"
+        optuna.storages.fail_stale_trials(study)  # optuna's own check reads the beat as its own
+        assert study.trials[0].state == TS.RUNNING
+    finally:
+        storage.engine.dispose()
+        _delete(pg_url, name)
+
+
+def test_waiting_workers_back_off_up_to_half_the_heartbeat_interval(tmp_path: Path) -> None:
+    from hyper_opt import worker as worker_mod
+    from hyper_opt.config import load_config
+
+    s = write_search(tmp_path / "s", optuna={"heartbeat_interval": 60, "grace_period": 120})
+    config, model = load_config(s.hyper, s.model)
+    w = worker_mod.Worker(config, model)
+    delays = [[w._wait_delay(n) for _ in range(50)] for n in range(12)]
+    cap = min(60 / 2, worker_mod.WAIT_MAX_S)
+    assert all(worker_mod.WAIT_POLL_S / 2 <= d <= worker_mod.WAIT_POLL_S for d in delays[0])
+    assert max(delays[-1]) <= cap and min(delays[-1]) >= cap / 2, "capped, with jitter"
+    assert max(delays[-1]) > 3 * worker_mod.WAIT_POLL_S, "the wait grows"
+    assert len({round(d, 6) for d in delays[-1]}) > 40, "jittered: waiting workers do not poll in step"
+
+
+def _seed(study: optuna.Study) -> None:
+    """3 finished trials, then an enqueued trial and a re-queued copy of trial 2, both WAITING."""
+    dist = {"x": optuna.distributions.FloatDistribution(-5.0, 5.0)}
+    for value in (1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions=dist, value=value))
+    study.add_trial(optuna.trial.create_trial(params={"x": 3.0}, distributions=dist, state=TS.FAIL))
+    study.enqueue_trial({"x": 0.5}, user_attrs={"seeded": True})
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 3.0}, distributions=dist, state=TS.WAITING, user_attrs={"hostname": "old", "error": "x"},
+        system_attrs={"failed_trial": 2, "retry_history": [2]}))
+
+
+@pytest.mark.postgres
+def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg_url: str) -> None:
+    """The same study twice: trials started by hyper_opt's one-statement claim and by optuna's own
+    ``ask`` (pop the first WAITING trial, else ``create_new_trial``) with the run context set
+    through optuna's API, read back with optuna's ``get_trial``: the same numbers, states,
+    parameters, attributes; start times a moment apart."""
+    from hyper_opt import server_side
+
+    names = [f"same-{tag}-{os.getpid()}-{time.monotonic_ns()}" for tag in ("server", "optuna")]
+    storage = optuna.storages.RDBStorage(pg_url)
+    context = {"hostname": "node1", "worker_pid": "123"}
+    try:
+        ours, theirs = (optuna.create_study(study_name=n, storage=storage) for n in names)
+        _seed(ours)
+        _seed(theirs)
+        pairs = []
+        for _ in range(3):  # pop the enqueued trial, pop the copy, create a new one
+            got = server_side.claim(storage, study_id=ours._study_id, lock_key=hash(names[0]) % 2**62,
+                                    n_trials=100, can_wait=True, lock_timeout_s=30, heartbeat=True, attrs=context)
+            trial = theirs.ask()
+            origin = storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+            attrs = {**context, **({"retry_of": origin} if origin is not None else {})}
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            assert got.started_trial and got.number == trial.number
+            pairs.append((storage.get_trial(got.trial_id), storage.get_trial(trial._trial_id), got))
+        assert [g.outcome for _, _, g in pairs] == ["popped", "popped", "created"]
+        assert [g.origin for _, _, g in pairs] == [None, 2, None]
+        for mine, optunas, _ in pairs:
+            for field in ("number", "state", "params", "distributions", "user_attrs", "system_attrs", "values",
+                          "intermediate_values", "datetime_complete"):
+                assert getattr(mine, field) == getattr(optunas, field), (field, mine, optunas)
+            assert mine.datetime_start is not None
+            assert abs((mine.datetime_start - optunas.datetime_start).total_seconds()) < 5
+        assert pairs[1][0].user_attrs["hostname"] == "node1", "the run context replaces the copied one"
+    finally:
+        storage.engine.dispose()
+        for n in names:
+            _delete(pg_url, n)
+
+
+@pytest.mark.postgres
+def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(pg_url: str) -> None:
+    """The claim counts only the trials after the study's counted prefix (every trial up to it
+    finished); trials finishing in any order, failing, and WAITING trials enqueued by optuna in
+    between must leave its decisions and trial numbers those of a full count."""
+    import random
+
+    from hyper_opt import server_side
+
+    name = f"prefix-{os.getpid()}-{time.monotonic_ns()}"
+    storage = optuna.storages.RDBStorage(pg_url)
+    study = optuna.create_study(study_name=name, storage=storage)
+    rng = random.Random(3)
+    n_trials = 25
+    decisions = []
+    try:
+        for step in range(160):
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            running = [t for t in trials if t.state == TS.RUNNING]
+            action = rng.random()
+            if action < 0.45 and running:
+                state = rng.choice([TS.COMPLETE, TS.COMPLETE, TS.PRUNED, TS.FAIL])
+                storage.set_trial_state_values(rng.choice(running)._trial_id, state,
+                                               [1.0] if state == TS.COMPLETE else None)
+                continue
+            if action < 0.52:
+                study.enqueue_trial({"x": step})
+                continue
+            finished = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
+            expected = ("budget" if finished >= n_trials else "wait" if finished + len(running) >= n_trials
+                        else "started")
+            got = server_side.claim(storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
+                                    n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
+            decisions.append(got.outcome)
+            assert (got.outcome if not got.started_trial else "started") == expected, (step, got, finished, len(running))
+            if got.started_trial:
+                waiting = [t for t in trials if t.state == TS.WAITING]
+                assert got.number == (waiting[0].number if waiting else len(trials)), (step, got)
+        assert {"budget", "wait", "created", "popped"} <= set(decisions), decisions
+    finally:
+        storage.engine.dispose()
+        _delete(pg_url, name)
