@@ -15,13 +15,18 @@ its own PgBouncer in transaction mode, so that the server's counters hold this r
 * ``optuna``: per thread, what a user writes without hyper_opt: ``RDBStorage`` with the same
   heartbeat and the retry callback, ``study.optimize`` with ``MaxTrialsCallback(N)``.
 
-Figures per run: *client CPU ms per worker-second*: the worker processes' CPU time from the start
-signal to their exit (imports and start-up before it left out) over W x wall time; *statements*
-(pg_stat_statements, calls, nested ones inside hyper_opt's functions included) and *rows read*
-(pg_stat_user_tables, seq_tup_read + idx_tup_fetch: rows of optuna's and hyper_opt's tables; beside
-it pg_stat_database's tup_returned + tup_fetched, which adds the system catalogs read by new
-server sessions) per worker-second and per finished trial; the exact budget and RUNNING trials
-left. Each system first runs once, unrecorded, with 2 workers (tables, functions, PgBouncer's pool).
+Figures per run, *steady* ones over a window in which every worker is past its first trial and
+none has reached its last (start-up and the end of the study left out; the CPU from /proc, the
+server's counters sampled at both ends): *client CPU ms per worker-second*: the worker processes'
+CPU time over W x the window, *statements* and *buffer accesses* (pg_stat_statements, top-level
+calls and shared blocks hit + read, nested work included; updated at once, unlike the table
+counters, which a pooled session flushes up to 10 s late) per worker-second. Per run: the *whole
+run* CPU from the start signal to the exit; per finished trial: top-level statements, buffer
+accesses and *rows read* (pg_stat_user_tables, seq_tup_read + idx_tup_fetch: rows of optuna's and
+hyper_opt's tables, read 11 s after the run so that every session has flushed them; beside it
+pg_stat_database's tup_returned + tup_fetched, which adds the system catalogs read by new server
+sessions); the exact budget and RUNNING trials left. Each system first runs once, unrecorded, with
+2 workers (tables, functions, PgBouncer's pool).
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from benchmarks import common, fleet
 
 CHILD = "import sys; from benchmarks.background import _child; _child(sys.argv[1], sys.argv[2])"
 SYSTEMS = ("hyper_opt", "hyper_opt (transaction)", "optuna")
-QUICK = {"workers": (8, 64), "sleep": 5.0, "per_worker": 3, "heartbeat": 2}
+STATS_FLUSH_S = 11.0
+QUICK = {"workers": (8, 64), "sleep": 5.0, "per_worker": 4, "heartbeat": 2}
 
 
 def _plain_worker(spec: dict[str, Any], index: int, spans: list[tuple[float, float]]) -> None:
@@ -127,23 +133,50 @@ def _counters(url: str) -> dict[str, float]:
                 "WHERE datname = current_database()")).one()
             tables = conn.execute(sqlalchemy.text(
                 "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) FROM pg_stat_user_tables")).scalar()
-            calls = conn.execute(sqlalchemy.text(
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
-                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalar()
+            calls, blocks = conn.execute(sqlalchemy.text(
+                "SELECT coalesce(sum(calls), 0), coalesce(sum(shared_blks_hit + shared_blks_read), 0) "
+                "FROM pg_stat_statements WHERE toplevel "
+                "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")).one()
     finally:
         engine.dispose()
     return {"transactions": float(db[0]), "rows_read_all": float(db[1]), "rows_read": float(tables or 0),
-            "statements": float(calls or 0)}
+            "statements": float(calls or 0), "blocks": float(blocks or 0)}
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _sample_window(url: str, window: tuple[float, float], pids: list[int],
+                   samples: list[tuple[float, dict[str, float], float]]) -> None:
+    """The server's counters and the workers' CPU at the start and at the end of the window."""
+    if window[1] - window[0] < 2.0:
+        return
+    for at in window:
+        time.sleep(max(0.0, at - time.time()))
+        samples.append((time.time(), _counters(url), _cpu_s(pids)))
 
 
 def run_one(system: str, server: fleet.Server, *, workers: int, sleep: float, per_worker: int,
             heartbeat: int) -> dict[str, Any]:
     import optuna
+    from sqlalchemy.pool import NullPool
 
     study = common.new_study_name(f"bg{workers}")
     n_trials = workers * per_worker
     grace = max(4 * heartbeat, 20)
-    optuna.create_study(study_name=study, storage=server.direct_url, direction="minimize")
+    # No pooled connection of this process may outlive its use: an idle session flushes its table
+    # counters up to 10 s later, into the next run's figures.
+    direct = optuna.storages.RDBStorage(server.direct_url, engine_kwargs={"poolclass": NullPool})
+    optuna.create_study(study_name=study, storage=direct, direction="minimize")
     n_proc = fleet.processes_for(workers)
     with common.scratch(f"background-{workers}") as folder:
         hyper, model = fleet.write_search(folder / "search", url=server.url, study=study, n_trials=n_trials,
@@ -177,6 +210,12 @@ def run_one(system: str, server: fleet.Server, *, workers: int, sleep: float, pe
         before = _counters(server.direct_url)
         load_before = common.load_average()[0]
         t0 = time.time() + 0.3
+        # the steady window: every worker past its first trial, none yet at its last one
+        window = (t0 + 1.5 * sleep + 2.0, t0 + (per_worker - 1) * sleep - 0.5)
+        samples: list[tuple[float, dict[str, float], float]] = []
+        pids = [p.pid for p, _ in procs]
+        sampler = threading.Thread(target=_sample_window, args=(server.direct_url, window, pids, samples), daemon=True)
+        sampler.start()
         go.write_text(repr(t0))
         limit = per_worker * (sleep + 5) * 4 + 120
         for p, log in procs:
@@ -186,17 +225,28 @@ def run_one(system: str, server: fleet.Server, *, workers: int, sleep: float, pe
                 p.kill()
                 p.wait()
             log.close()
-        time.sleep(1.5)  # the backends flush their counters as their sessions end
+        time.sleep(STATS_FLUSH_S)  # PgBouncer's idle server sessions flush their table counters within 10 s
         after = _counters(server.direct_url)
+        sampler.join(timeout=5)
         data = [json.loads(o.read_text()) for o in outs if o.exists()]
     counts = common.study_counts(server.direct_url, study)
-    common.delete_study(server.direct_url, study)
+    optuna.delete_study(study_name=study, storage=direct)
+    direct.engine.dispose()
     rows = [r for d in data for r in d["workers"]]
     wall = max((r["end"] for r in rows), default=t0) - t0
     worker_s = workers * wall
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     delta = {k: after[k] - before[k] for k in after}
+    steady: dict[str, float | None] = {"cpu_ms_per_worker_s": None, "statements_per_worker_s": None,
+                                       "blocks_per_worker_s": None}
+    if len(samples) == 2:
+        (ta, ca, cpua), (tb, cb, cpub) = samples
+        ws = workers * (tb - ta)
+        steady = {"cpu_ms_per_worker_s": 1000 * (cpub - cpua) / ws,
+                  "statements_per_worker_s": (cb["statements"] - ca["statements"]) / ws,
+                  "blocks_per_worker_s": (cb["blocks"] - ca["blocks"]) / ws}
     return {"system": system, "workers": workers, "n_trials": n_trials, "finished": finished,
+            "steady": steady, "window_s": (window[1] - window[0]) if len(samples) == 2 else None,
             "running_left": counts.get("RUNNING", 0), "failed": counts.get("FAIL", 0),
             "exact": finished == n_trials and counts.get("RUNNING", 0) == 0,
             "errors": [r["error"] for r in rows if r.get("error")][:3], "wall_s": wall,
@@ -205,6 +255,7 @@ def run_one(system: str, server: fleet.Server, *, workers: int, sleep: float, pe
             "rows_read_per_worker_s": delta["rows_read"] / worker_s,
             "transactions_per_worker_s": delta["transactions"] / worker_s,
             "rows_read_per_trial": delta["rows_read"] / finished if finished else None,
+            "blocks_per_trial": delta["blocks"] / finished if finished else None,
             "rows_read_all_per_trial": delta["rows_read_all"] / finished if finished else None,
             "statements_per_trial": delta["statements"] / finished if finished else None,
             "load_before": load_before, "load_after": common.load_average()[0]}
@@ -233,19 +284,27 @@ def run(*, workers_list: tuple[int, ...], sleep: float, per_worker: int, heartbe
 
 
 def markdown(data: dict[str, Any]) -> str:
-    header = ["system", "W", "finished/N", "RUNNING left", "FAIL", "wall s", "client CPU ms / worker-s",
-              "statements / worker-s", "rows read / worker-s", "rows read / trial", "rows read / trial (with catalogs)",
-              "statements / trial", "load"]
+    header = ["system", "W", "finished/N", "RUNNING left", "FAIL", "wall s", "steady: client CPU ms / worker-s",
+              "steady: statements / worker-s", "steady: buffer accesses / worker-s",
+              "whole run: client CPU ms / worker-s", "rows read / trial", "rows read / trial (with catalogs)",
+              "statements / trial", "buffer accesses / trial", "load"]
     rows = []
     for r in data["runs"]:
         if r.get("failed"):
-            rows.append([r["system"], r["workers"], f"failed: {r['failed'][:100]}"] + ["-"] * 10)
+            rows.append([r["system"], r["workers"], f"failed: {r['failed'][:100]}"] + ["-"] * 13)
             continue
+        st = r.get("steady") or {}
+
+        def fmt(v: float | None, digits: int = 1) -> str:
+            return "-" if v is None else f"{v:.{digits}f}"
+
         rows.append([r["system"], r["workers"], f"{r['finished']}/{r['n_trials']}", r["running_left"], r["failed"],
-                     f"{r['wall_s']:.1f}", f"{r['cpu_ms_per_worker_s']:.1f}", f"{r['statements_per_worker_s']:.2f}",
-                     f"{r['rows_read_per_worker_s']:.1f}", f"{r['rows_read_per_trial']:.0f}",
+                     f"{r['wall_s']:.1f}", fmt(st.get("cpu_ms_per_worker_s")), fmt(st.get("statements_per_worker_s"), 2),
+                     fmt(st.get("blocks_per_worker_s")), f"{r['cpu_ms_per_worker_s']:.1f}",
+                     f"{r['rows_read_per_trial']:.0f}",
                      f"{r['rows_read_all_per_trial']:.0f}",
-                     f"{r['statements_per_trial']:.1f}", f"{r['load_before']:.1f}-{r['load_after']:.1f}"])
+                     f"{r['statements_per_trial']:.1f}", f"{r['blocks_per_trial']:.0f}",
+                     f"{r['load_before']:.1f}-{r['load_after']:.1f}"])
     return (common.markdown_table(header, rows)
             + f"\n\nTrials sleep {data['sleep']:g} s, {data['per_worker']} per worker, RandomSampler, heartbeat every "
               f"{data['heartbeat']} s; throwaway PostgreSQL (max_connections 100) behind PgBouncer (transaction "

@@ -105,6 +105,9 @@ class Claimer:
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan (or turn asked for)
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         self._server: bool | None = None  # hyper_opt's server-side objects in use (None: not decided yet)
+        # Whether this worker writes the CSVs that dead workers left missing when the budget is
+        # full: every worker on the transaction path; on the server path the first to see it.
+        self.sweeps = True
 
     def server_side(self, opened: Opened) -> bool:
         """Whether this worker uses hyper_opt's objects on the server (PostgreSQL; see
@@ -208,6 +211,7 @@ class Claimer:
             raise
         timing.update(lock_s=got.held_s, call_s=time.perf_counter() - started)
         if not got.started_trial:
+            self.sweeps = got.outcome == "budget-first"
             return None if got.outcome == "wait" else Stop.BUDGET
         assert got.trial_id is not None
         made.append(got)

@@ -4,10 +4,13 @@ that use it (issue 24).
 * ``hyper_opt_studies_<VERSION>``: one row per study: when its stale trials were last looked for (the
   *scan turn*, so that one worker per interval looks, not every worker), how many times, and the
   claim's running count, kept as optuna's own cache keeps a study: the largest trial id read
-  (``seen_through``), how many of the trials up to it are finished (``finished_total``; COMPLETE
-  or PRUNED: ``finished_budget``), and the ids of those that were not (``pending``). Finished is
-  final in optuna, so a claim reads only the trials created since and the pending ones (about one
-  per worker) instead of the whole study.
+  (``seen_through``), how many of the trials up to it were finished when read (``finished_total``;
+  COMPLETE or PRUNED: ``finished_budget``), the ids of those that were not (``pending``; the
+  WAITING ones among them: ``waiting``). Finished is final in optuna, so a pending trial can only
+  have finished since: a claim reads the trials created since the last claim, and reads the
+  pending ones again only when the budget is close (then the count must be exact) or when they
+  have doubled since they were last read (``checked``). On average a claim reads O(1) trials,
+  whatever the number of workers or the size of the study.
 * ``hyper_opt_claim_<VERSION>(...)``: the claim as one statement: the study's budget advisory lock,
   the count, pop the first WAITING trial or create one in optuna's ``trials`` table (numbered as
   optuna numbers it), its first heartbeat and the run context in ``trial_user_attributes``. The
@@ -54,21 +57,23 @@ CREATE TABLE IF NOT EXISTS {table} (
     seen_through integer NOT NULL DEFAULT 0,
     finished_total integer NOT NULL DEFAULT 0,
     finished_budget integer NOT NULL DEFAULT 0,
-    pending integer[] NOT NULL DEFAULT '{{}}'
+    pending integer[] NOT NULL DEFAULT '{{}}',
+    waiting integer[] NOT NULL DEFAULT '{{}}',
+    checked integer NOT NULL DEFAULT 0,
+    swept_for integer
 )"""
 
-# The study's trials a claim must read: those created since the last count (trial_id > seen) and
-# those unfinished then (pending), planned for the actual values (EXECUTE .. USING) on the primary
-# key (``study_id + 0`` keeps the planner off the study_id index, which would read every trial of
-# the study); the whole study through its index the first time.
+# The study's trials created since the last claim (trial_id > seen), planned for the actual bound
+# (EXECUTE .. USING) on the primary key (``study_id + 0`` keeps the planner off the study_id
+# index, which would read every trial of the study); the whole study through its index the first
+# time.
 _TAIL_SQL = """
     IF v_seen = 0 THEN
         OPEN c FOR SELECT t.trial_id, t.state::text FROM trials t WHERE t.study_id = p_study_id
             ORDER BY t.trial_id;
     ELSE
         OPEN c FOR EXECUTE 'SELECT t.trial_id, t.state::text FROM trials t WHERE t.trial_id > $1 '
-            'AND t.study_id + 0 = $2 UNION ALL SELECT t.trial_id, t.state::text FROM trials t '
-            'WHERE t.trial_id = ANY($3) ORDER BY 1' USING v_seen, p_study_id, v_old_pending;
+            'AND t.study_id + 0 = $2 ORDER BY t.trial_id' USING v_seen, p_study_id;
     END IF;"""
 
 _CLAIM_DDL = """
@@ -82,9 +87,11 @@ AS $body$
 #variable_conflict use_column
 DECLARE
     v_locked timestamptz;
-    v_seen integer; v_new_seen integer; v_ftotal integer; v_fbudget integer;
-    v_old_pending integer[]; v_pending integer[] := '{{}}'; v_waiting integer[] := '{{}}';
-    v_running integer := 0; v_total integer;
+    v_seen integer; v_new_seen integer; v_ftotal integer; v_fbudget integer; v_checked integer;
+    v_old integer[]; v_old_waiting integer[];
+    v_kept integer[] := '{{}}'; v_kept_waiting integer[] := '{{}}';
+    v_new integer[] := '{{}}'; v_new_waiting integer[] := '{{}}';
+    v_pending integer[]; v_waiting integer[]; v_exact boolean; v_busy integer; v_swept integer;
     v_id integer; v_number integer; v_origin integer; v_start timestamp; v_text text; v_popped boolean;
     v_tid integer; v_state text;
     c refcursor;
@@ -95,52 +102,79 @@ BEGIN
     -- as optuna's create_new_trial: trials are created (and numbered) under the study's row lock,
     -- so every trial of the study with an id up to the largest one read is committed and read
     PERFORM 1 FROM studies s WHERE s.study_id = p_study_id FOR UPDATE;
-    SELECT m.seen_through, m.finished_total, m.finished_budget, m.pending
-        INTO v_seen, v_ftotal, v_fbudget, v_old_pending FROM {table} m WHERE m.study_id = p_study_id;
+    SELECT m.seen_through, m.finished_total, m.finished_budget, m.pending, m.waiting, m.checked, m.swept_for
+        INTO v_seen, v_ftotal, v_fbudget, v_old, v_old_waiting, v_checked, v_swept
+        FROM {table} m WHERE m.study_id = p_study_id;
     IF NOT FOUND THEN
         INSERT INTO {table} (study_id) VALUES (p_study_id) ON CONFLICT (study_id) DO NOTHING;
-        v_seen := 0; v_ftotal := 0; v_fbudget := 0; v_old_pending := '{{}}';
+        v_seen := 0; v_ftotal := 0; v_fbudget := 0; v_old := '{{}}'; v_old_waiting := '{{}}'; v_checked := 0;
     END IF;
     v_new_seen := v_seen;{tail}
     LOOP
         FETCH c INTO v_tid, v_state;
         EXIT WHEN NOT FOUND;
         v_new_seen := greatest(v_new_seen, v_tid);
-        IF v_state IN ('COMPLETE', 'PRUNED') THEN
+        IF v_state IN ('COMPLETE', 'PRUNED', 'FAIL') THEN
             v_ftotal := v_ftotal + 1;
-            v_fbudget := v_fbudget + 1;
-        ELSIF v_state = 'FAIL' THEN
-            v_ftotal := v_ftotal + 1;
+            v_fbudget := v_fbudget + (v_state <> 'FAIL')::integer;
         ELSE
-            v_pending := v_pending || v_tid;
-            IF v_state = 'RUNNING' THEN
-                v_running := v_running + 1;
-            ELSIF v_state = 'WAITING' THEN
-                v_waiting := v_waiting || v_tid;
+            v_new := v_new || v_tid;
+            IF v_state = 'WAITING' THEN
+                v_new_waiting := v_new_waiting || v_tid;
             END IF;
         END IF;
     END LOOP;
     CLOSE c;
-    IF v_new_seen <> v_seen OR v_pending <> v_old_pending THEN
-        UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal,
-            finished_budget = v_fbudget, pending = v_pending WHERE m.study_id = p_study_id;
+    -- Trials unfinished at an earlier claim (v_old) can only have finished since: counted as
+    -- running they give an upper bound of finished + running, which decides "start" soundly.
+    -- They are read again when that bound reaches the budget (an exact answer is needed) or when
+    -- they have doubled since last read (so each is read about twice: O(1) per claim on average).
+    v_exact := v_seen = 0;
+    IF NOT v_exact AND (v_fbudget + cardinality(v_old) + cardinality(v_new) >= p_n_trials
+                        OR cardinality(v_old) >= 2 * v_checked + 16) THEN
+        FOR v_tid, v_state IN SELECT t.trial_id, t.state::text FROM trials t WHERE t.trial_id = ANY(v_old)
+                                  ORDER BY t.trial_id LOOP
+            IF v_state IN ('COMPLETE', 'PRUNED', 'FAIL') THEN
+                v_ftotal := v_ftotal + 1;
+                v_fbudget := v_fbudget + (v_state <> 'FAIL')::integer;
+            ELSE
+                v_kept := v_kept || v_tid;
+                IF v_state = 'WAITING' THEN
+                    v_kept_waiting := v_kept_waiting || v_tid;
+                END IF;
+            END IF;
+        END LOOP;
+        v_old := v_kept;
+        v_old_waiting := v_kept_waiting;
+        v_exact := true;
     END IF;
-    v_total := v_ftotal + coalesce(array_length(v_pending, 1), 0);
-    IF v_fbudget >= p_n_trials OR (v_fbudget + v_running >= p_n_trials AND NOT p_can_wait) THEN
-        RETURN QUERY SELECT 'budget'::text, NULL::integer, NULL::integer, NULL::integer, NULL::timestamp,
+    v_pending := v_old || v_new;
+    v_waiting := v_old_waiting || v_new_waiting;
+    IF v_exact THEN
+        v_checked := cardinality(v_pending);
+        v_busy := v_fbudget + cardinality(v_pending) - cardinality(v_waiting);
+    ELSE
+        v_busy := v_fbudget + cardinality(v_pending);
+    END IF;
+    IF v_fbudget >= p_n_trials OR v_busy >= p_n_trials THEN
+        UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal, finished_budget = v_fbudget,
+            pending = v_pending, waiting = v_waiting, checked = v_checked,
+            swept_for = CASE WHEN v_fbudget >= p_n_trials THEN p_n_trials ELSE m.swept_for END
+            WHERE m.study_id = p_study_id;
+        -- 'budget-first': the first caller to see this budget complete (it writes the missing CSVs)
+        RETURN QUERY SELECT CASE WHEN v_fbudget < p_n_trials AND p_can_wait THEN 'wait'
+                                 WHEN v_fbudget >= p_n_trials AND v_swept IS DISTINCT FROM p_n_trials THEN 'budget-first'
+                                 ELSE 'budget' END,
+            NULL::integer, NULL::integer, NULL::integer, NULL::timestamp,
             (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
         RETURN;
     END IF;
-    IF v_fbudget + v_running >= p_n_trials THEN
-        RETURN QUERY SELECT 'wait'::text, NULL::integer, NULL::integer, NULL::integer, NULL::timestamp,
-            (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
-        RETURN;
-    END IF;
-    FOR i IN 1 .. coalesce(array_length(v_waiting, 1), 0) LOOP
+    WHILE v_id IS NULL AND cardinality(v_waiting) > 0 LOOP
+        v_tid := v_waiting[1];
+        v_waiting := v_waiting[2:];  -- popped now, or no longer WAITING (started elsewhere)
         UPDATE trials t SET state = 'RUNNING', datetime_start = (clock_timestamp() AT TIME ZONE 'UTC')
-            WHERE t.trial_id = v_waiting[i] AND t.state = 'WAITING'
+            WHERE t.trial_id = v_tid AND t.state = 'WAITING'
             RETURNING t.trial_id, t.number, t.datetime_start INTO v_id, v_number, v_start;
-        EXIT WHEN v_id IS NOT NULL;
     END LOOP;
     v_popped := v_id IS NOT NULL;
     IF v_popped THEN
@@ -151,9 +185,11 @@ BEGIN
         END IF;
     ELSE
         INSERT INTO trials (number, study_id, state, datetime_start)
-            VALUES (v_total, p_study_id, 'RUNNING', clock_timestamp() AT TIME ZONE 'UTC')
+            VALUES (v_ftotal + cardinality(v_pending), p_study_id, 'RUNNING', clock_timestamp() AT TIME ZONE 'UTC')
             RETURNING trials.trial_id, trials.number, trials.datetime_start INTO v_id, v_number, v_start;
     END IF;
+    UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal, finished_budget = v_fbudget,
+        pending = v_pending, waiting = v_waiting, checked = v_checked WHERE m.study_id = p_study_id;
     IF p_heartbeat THEN
         INSERT INTO trial_heartbeats AS h (trial_id, heartbeat) VALUES (v_id, clock_timestamp())
             ON CONFLICT (trial_id) DO UPDATE SET heartbeat = excluded.heartbeat;
@@ -166,6 +202,7 @@ BEGIN
         (extract(epoch FROM clock_timestamp() - v_locked) * 1e6)::bigint;
 END
 $body$"""
+
 
 _STALE_DDL = """
 CREATE OR REPLACE FUNCTION {stale}(p_study_id integer, p_interval_s double precision,
@@ -210,9 +247,10 @@ _NAMES = {"table": TABLE, "claim": CLAIM_FUNCTION, "stale": STALE_FUNCTION, "tai
 class ServerClaim:
     """What :func:`claim` answered: ``outcome`` "created" or "popped" (a new trial, or the first
     WAITING one, is now RUNNING), "wait" (the budget is full with trials still running) or
-    "budget" (nothing left to start); for a started trial its id, number and origin."""
+    "budget" (nothing left to start; "budget-first" for the one caller that sees the budget of
+    ``n_trials`` complete first); for a started trial its id, number and origin."""
 
-    outcome: str
+    outcome: str  # "created", "popped", "wait", "budget", or "budget-first" (the first to see it complete)
     trial_id: int | None = None
     number: int | None = None
     origin: int | None = None  # the number of the trial a re-queued copy retries

@@ -178,7 +178,7 @@ class Worker:
                 if stopping.stop_rule_fired(opened, self.config.optuna, self.worker_index):
                     report.stop = Stop.LIMIT
                     break
-            if report.stop is Stop.BUDGET:
+            if report.stop in (Stop.BUDGET, Stop.LIMIT) and self._claimer.sweeps:
                 self._write_missing_csvs(opened)
         finally:
             opened.lock.close()
@@ -189,8 +189,9 @@ class Worker:
     def _write_missing_csvs(self, opened: Opened) -> None:
         """At the end of the study, write the CSV of every finished trial that has none: its
         worker died after recording it, or its disk was full then (derived from the study). Only
-        the missing ones are read (every worker does this as it stops: reading every trial of
-        the study in each cost O(workers x trials) rows at the end of a search)."""
+        the missing ones are read, and on PostgreSQL only by the first worker to see the budget
+        complete (every worker reading every trial of the study as it stopped cost O(workers x
+        trials) rows at the end of a search)."""
         seconds = self.config.optuna.db_retry_seconds
         try:
             numbers = with_db_retry(lambda: finished_numbers(opened), seconds=seconds,

@@ -217,10 +217,12 @@ def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg
 
 
 @pytest.mark.postgres
-def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(pg_url: str) -> None:
-    """The claim counts only the trials after the study's counted prefix (every trial up to it
-    finished); trials finishing in any order, failing, and WAITING trials enqueued by optuna in
-    between must leave its decisions and trial numbers those of a full count."""
+@pytest.mark.parametrize("n_trials", [25, 70])
+def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(pg_url: str, n_trials: int) -> None:
+    """The claim reads only the trials created since the last claim, and the unfinished ones again
+    only near the budget or when they have doubled; trials finishing in any order, failing,
+    WAITING trials enqueued by optuna, and trials started by optuna's own ``ask`` (which pops
+    WAITING ones too) must leave its decisions and trial numbers those of a full count."""
     import random
 
     from hyper_opt import server_side
@@ -228,11 +230,10 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
     name = f"prefix-{os.getpid()}-{time.monotonic_ns()}"
     storage = optuna.storages.RDBStorage(pg_url)
     study = optuna.create_study(study_name=name, storage=storage)
-    rng = random.Random(3)
-    n_trials = 25
+    rng = random.Random(n_trials)
     decisions = []
     try:
-        for step in range(160):
+        for step in range(220):
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
             running = [t for t in trials if t.state == TS.RUNNING]
             action = rng.random()
@@ -244,17 +245,22 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
             if action < 0.52:
                 study.enqueue_trial({"x": step})
                 continue
+            if action < 0.56:
+                study.ask()  # another kind of worker on the same study
+                continue
             finished = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
             expected = ("budget" if finished >= n_trials else "wait" if finished + len(running) >= n_trials
                         else "started")
             got = server_side.claim(storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
                                     n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
             decisions.append(got.outcome)
-            assert (got.outcome if not got.started_trial else "started") == expected, (step, got, finished, len(running))
+            outcome = "started" if got.started_trial else "budget" if got.outcome == "budget-first" else got.outcome
+            assert outcome == expected, (step, got, finished, len(running))
             if got.started_trial:
                 waiting = [t for t in trials if t.state == TS.WAITING]
                 assert got.number == (waiting[0].number if waiting else len(trials)), (step, got)
         assert {"budget", "wait", "created", "popped"} <= set(decisions), decisions
+        assert decisions.count("budget-first") == 1, "one caller (the first) is told it completed the budget"
     finally:
         storage.engine.dispose()
         _delete(pg_url, name)
