@@ -124,11 +124,15 @@ def _prepare_sqlite(path: Path) -> None:
         raise StorageRefusedError(f"the study storage sqlite file {path}: {reason} ({_first_line(err)})") from err
 
 
-def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.BaseStorage:
+def make_storage(spec: OptunaSpec, *, worker: bool = False, schema_checked: bool = False) -> optuna.storages.BaseStorage:
     """The optuna storage for a study, with heartbeat and retry of stale trials where supported.
 
     ``worker``: on PostgreSQL, one connection for the whole process (see CONNECTIONS_PER_WORKER),
     named ``hyper_opt-worker <study>`` in ``pg_stat_activity`` (commands are ``hyper_opt <study>``).
+    ``schema_checked``: the launcher that started this worker has just created or checked optuna's
+    tables and their version on this database, so the worker does not again (optuna's
+    ``skip_table_creation`` and ``skip_compatibility_check``: about a dozen catalog queries and the
+    parsing of optuna's migration scripts at every worker's start).
     """
     import optuna
 
@@ -154,7 +158,8 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
             if worker:
                 engine_kwargs.update(pool_size=CONNECTIONS_PER_WORKER, max_overflow=0,
                                      pool_timeout=pool_timeout(spec.db_retry_seconds))
-    _init_schema(st.url or "", engine_kwargs.get("connect_args", {}))
+    if not schema_checked:
+        _init_schema(st.url or "", engine_kwargs.get("connect_args", {}))
     one_connection = engine_kwargs.get("max_overflow") == 0
     heartbeat: dict[str, Any] = {}
     if spec.heartbeat_interval:
@@ -163,12 +168,28 @@ def make_storage(spec: OptunaSpec, *, worker: bool = False) -> optuna.storages.B
     try:
         with quiet_experimental():
             storage = optuna.storages.RDBStorage(st.url or "", engine_kwargs=engine_kwargs,
-                                                 skip_compatibility_check=one_connection, **heartbeat)
+                                                 skip_compatibility_check=one_connection or schema_checked,
+                                                 skip_table_creation=schema_checked, **heartbeat)
     except Exception as err:  # sqlalchemy/driver errors: unreachable server, bad credentials
         raise StorageError(f"cannot open the study storage {describe(st)}: {_first_line(err)}") from err
-    if one_connection:
+    if one_connection and not schema_checked:
         _check_schema(storage, st)
     return storage
+
+
+def preload(spec: OptunaSpec) -> None:
+    """Import what opening the study's storage imports (optuna's RDB storage and its models,
+    alembic, the database driver) without touching the database: a worker started ahead of the
+    launcher's checks does this while it waits (hyper_opt.launch.local). An RDBStorage on an
+    in-memory SQLite database is optuna's public way to load its storage modules."""
+    import optuna
+
+    if spec.storage.kind == "journal":
+        return
+    with quiet_experimental(), contextlib.suppress(Exception):
+        optuna.storages.RDBStorage("sqlite:///:memory:").engine.dispose()
+    if spec.storage.url:
+        driver_connect_args(spec.storage.url)  # imports the dialect and its driver (psycopg)
 
 
 # What a process that lost the race to create optuna's tables sees: another one created them first.

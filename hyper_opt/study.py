@@ -62,11 +62,12 @@ class Opened:
 
 
 def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False, replace: bool = False,
-               worker_index: int = 0, worker: bool = False) -> Opened:
+               worker_index: int = 0, worker: bool = False, schema_checked: bool = False) -> Opened:
     """Load the study, creating it (and enqueueing its seed trials) when missing and ``create``.
 
     ``worker``: the storage of a worker process (one connection to a database server, see
-    :data:`hyper_opt.storage.CONNECTIONS_PER_WORKER`). On PostgreSQL the creation is one
+    :data:`hyper_opt.storage.CONNECTIONS_PER_WORKER`). ``schema_checked``: see
+    :func:`hyper_opt.storage.make_storage`. On PostgreSQL the creation is one
     transaction under the budget lock (:meth:`BudgetLock.transaction`).
 
     ``check_reload`` (for ``optimize``): an existing study with trials is only continued when
@@ -78,7 +79,7 @@ def open_study(config: HyperConfig, *, create: bool, check_reload: bool = False,
     if (check_reload and spec.reload_explicit and spec.storage.path is not None
             and not spec.storage.path.exists()):  # before opening it creates an empty file there
         raise StudyExistsError(_not_found_message(config, None))
-    storage = with_db_retry(lambda: make_storage(spec, worker=worker),
+    storage = with_db_retry(lambda: make_storage(spec, worker=worker, schema_checked=schema_checked),
                             seconds=spec.db_retry_seconds if create else 30, what="opening the study storage")
     lock = BudgetLock(spec)
     # Under the retry: a connection error here (on PostgreSQL, in the one transaction) is waited

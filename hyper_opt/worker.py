@@ -65,8 +65,10 @@ class WorkerReport:
 
 class Worker:
     def __init__(self, config: HyperConfig, model: dict[str, Any], *, worker_index: int = 0,
-                 deadline: float | None = None, max_trials: int | None = None, size: TrialSize | None = None) -> None:
+                 deadline: float | None = None, max_trials: int | None = None, size: TrialSize | None = None,
+                 schema_checked: bool = False) -> None:
         self.config = config
+        self.schema_checked = schema_checked  # the launcher checked optuna's tables (storage.make_storage)
         self.size = size or TrialSize()  # ranks per trial (hyper_opt.distributed); 1: train in this process
         self.model = model
         self.worker_index = worker_index
@@ -131,7 +133,8 @@ class Worker:
 
         report = WorkerReport()
         self._install_signals()
-        opened = open_study(self.config, create=True, worker_index=self.worker_index, worker=True)
+        opened = open_study(self.config, create=True, worker_index=self.worker_index, worker=True,
+                            schema_checked=self.schema_checked)
         device = trial_device(self.config.optuna.gpu)
         objective = instantiate(self.config, self.model, study=opened.study, device=device)
         objective._stop_event = self.stop_requested

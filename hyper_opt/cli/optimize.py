@@ -53,7 +53,6 @@ def _requeue_dead_trials(opened: Any, spec: Any, *, heartbeat_check: bool) -> No
 
 def run(args: argparse.Namespace) -> int:
     from hyper_opt.loader import check_objective_config
-    from hyper_opt.study import counts, n_finished, open_study
 
     secrets.scrub_command_line(args.overrides)  # a --set password leaves this process's argv (re-exec)
     args.overrides = secrets.take_from_env(args.overrides)
@@ -66,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, debug=args.debug, log_file=None if args.dry_run else config.log_file)
     _start_notices(config, model, dry_run=args.dry_run)
     scheduler = choose_scheduler(config, local=args.local, wanted=args.scheduler, dry_run=args.dry_run)
-    use_scheduler = scheduler is not None
-    spec = config.optuna
     if args.dry_run:
         return _print_plan(config, scheduler, accept_overrides=args.new_overrides)
     if scheduler == "pbs":
@@ -78,6 +75,25 @@ def run(args: argparse.Namespace) -> int:
         from hyper_opt.launch.slurm import sbatch_parameters
 
         sbatch_parameters(config)  # refuse malformed sbatch options before the study exists
+    started = None
+    if scheduler is None:  # start the workers now; they wait for the checks below (launch.local)
+        from hyper_opt.launch.local import abandon, start_workers
+
+        started = start_workers(config, config.local_workers, debug=args.debug, wait_for_go=True)
+    try:
+        code = _start_search(args, config, scheduler, started)
+    finally:
+        if started and any(p.stdin is not None and not p.stdin.closed for p, _ in started):
+            abandon(started)  # not released: the search did not start here
+    return code
+
+
+def _start_search(args: argparse.Namespace, config: Any, scheduler: str | None, started: Any) -> int:
+    """``optimize`` from opening the study: continue or refuse it, then submit or run here."""
+    from hyper_opt.study import counts, n_finished, open_study
+
+    spec = config.optuna
+    use_scheduler = scheduler is not None
     opened = open_study(config, create=True, check_reload=True, replace=args.replace)
     from hyper_opt.cli.continuation import record_launch
     from hyper_opt.study_attrs import clear_stop
@@ -110,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         submit(config, opened, remaining=spec.n_trials - n_finished(c) - c["RUNNING"])
         opened.lock.close()
         return EXIT_OK
-    return _run_here(config, opened, c, debug=args.debug)
+    return _run_here(config, opened, c, debug=args.debug, prestarted=started)
 
 
 def _start_notices(config, model, *, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +151,7 @@ def _start_notices(config, model, *, dry_run: bool) -> None:  # type: ignore[no-
             logger.info("%s", line)
 
 
-def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-untyped-def]
+def _run_here(config, opened, c, *, debug: bool, prestarted: Any = None) -> int:  # type: ignore[no-untyped-def]
     """Run the workers on this machine, then write trials.csv and say how it went."""
     from hyper_opt.launch.local import run_local
     from hyper_opt.results import write_trials_csv
@@ -149,7 +165,7 @@ def _run_here(config, opened, c, *, debug: bool) -> int:  # type: ignore[no-unty
     print(f"study {spec.study_name!r} in {describe(spec.storage)}: {n_finished(c)}/{spec.n_trials} "
           f"finished; starting {config.local_workers} worker(s)", file=sys.stderr)
     started = time.monotonic()
-    run_local(config, opened, workers=config.local_workers, debug=debug)
+    run_local(config, opened, workers=config.local_workers, debug=debug, started=prestarted)
     trials = with_db_retry(lambda: opened.storage.get_all_trials(opened.study_id),
                            seconds=spec.db_retry_seconds, what="reading the trials")
     merged = write_trials_csv(config.save_path / "trials.csv", trials,

@@ -16,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-trial", type=int, default=1, metavar="G",
                    help="ranks per trial on each node, one GPU each (the launcher passes gpus_per_trial)")
     p.add_argument("--nodes-per-trial", type=int, default=1, metavar="K", help="nodes per trial (Slurm/PBS jobs)")
+    p.add_argument("--schema-checked", action="store_true",
+                   help="the launcher has just created or checked optuna's tables: do not again (set by optimize)")
+    p.add_argument("--wait-for-go", action="store_true",
+                   help="load everything, then wait for a line 'go' on stdin before opening the study; exit "
+                        "quietly on anything else (set by optimize for its local workers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +31,14 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = take_from_env(args.overrides)  # a password travels in the environment, not argv
     config, model = load_from_args(args)
     setup_logging(config.log_level, debug=args.debug)
+    if args.wait_for_go:
+        import sys
+
+        from hyper_opt.storage import preload
+
+        preload(config.optuna)
+        if sys.stdin.readline().strip() != "go":  # the launcher stopped before starting the search
+            return EXIT_OK
     deadline = args.deadline
     if deadline is None:
         from hyper_opt.launch.slurm_env import job_deadline
@@ -33,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         deadline = job_deadline()
     report = Worker(config, model or {}, worker_index=args.worker_index, deadline=deadline,
                     max_trials=args.max_trials,
-                    size=TrialSize(max(1, args.gpus_per_trial), max(1, args.nodes_per_trial))).run()
+                    size=TrialSize(max(1, args.gpus_per_trial), max(1, args.nodes_per_trial)),
+                    schema_checked=args.schema_checked).run()
     if report.stop is Stop.FAILURES:
         return EXIT_FAILED
     return EXIT_OK

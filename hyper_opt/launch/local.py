@@ -9,6 +9,7 @@ nothing stays RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -108,24 +109,69 @@ class _Progress:
             self.bar.close()
 
 
-def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool = False,
-              stream: IO[str] | None = None, poll_s: float = 1.0) -> int:
-    """Start ``workers`` worker processes and wait; return the number that exited with an error."""
-    stream = stream or sys.stderr
+Started = list[tuple[subprocess.Popen[bytes], Any]]  # the worker processes and their open log files
+
+
+def start_workers(config: HyperConfig, workers: int, *, debug: bool = False, wait_for_go: bool = False) -> Started:
+    """Start ``workers`` worker processes. ``wait_for_go``: they import everything and load the
+    files, then wait on stdin (``--wait-for-go``) until :func:`release` (or :func:`abandon`): the
+    launcher starts them before its own checks, so that a worker's start-up (about as long as a
+    plain optuna process's) runs beside them instead of after them (docs/benchmarks.md, start-up)."""
     log_dir = config.save_path / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+    procs: Started = []
     extra = ["--debug"] if debug else []
+    if wait_for_go:
+        extra += ["--wait-for-go", "--schema-checked"]
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(secrets.for_worker(config.overrides)[1])
     for i, gpus in enumerate(local_gpu_groups(config, workers, env)):
-        log = open(log_dir / f"worker_{i}.log", "ab")  # noqa: SIM115 - closed below
+        log = open(log_dir / f"worker_{i}.log", "ab")  # noqa: SIM115 - closed by run_local or abandon
         proc = subprocess.Popen(worker_command(config, worker_index=i, extra=extra), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                stderr=subprocess.STDOUT, stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
+                                start_new_session=True,
                                 env=env if gpus is None else {**env, "CUDA_VISIBLE_DEVICES": gpus})
         procs.append((proc, log))
-    logger.info("started %d local worker(s); logs in %s", workers, log_dir)
+    return procs
+
+
+def release(procs: Started) -> None:
+    """Let workers started with ``wait_for_go`` open the study (the launcher's checks passed)."""
+    for proc, _ in procs:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):  # a worker that died meanwhile: run_local reports it
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
+
+
+def abandon(procs: Started) -> None:
+    """Stop workers started with ``wait_for_go`` that will not be released (the launcher refused
+    or found nothing to do): they see the end of stdin and exit without touching the study."""
+    for proc, log in procs:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool = False,
+              stream: IO[str] | None = None, poll_s: float = 1.0, started: Started | None = None) -> int:
+    """Start ``workers`` worker processes (or release the ``started`` ones) and wait; return the
+    number that exited with an error."""
+    stream = stream or sys.stderr
+    log_dir = config.save_path / "logs"
+    if started is None:
+        procs = start_workers(config, workers, debug=debug)
+    else:
+        procs = started
+        release(procs)
+    logger.info("started %d local worker(s); logs in %s", len(procs), log_dir)
     record = record_local_workers(config, [p.pid for p, _ in procs])
     progress = _Progress(config.optuna.n_trials, stream)
     interrupted = False
