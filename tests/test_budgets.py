@@ -179,13 +179,15 @@ def test_a_stop_rule_ends_a_search_whose_best_has_plateaued(tmp_path: Path) -> N
 
 
 CURVE = textwrap.dedent('''
-    import time
+    import os, time
     from hyper_opt import BaseObjective
 
     class Objective(BaseObjective):
         def train(self, trial, conf):
             state = self.load_checkpoint(trial) or {"step": 0}
             for step in range(state["step"], 12):
+                while step == 3 and "retry_of" not in trial.user_attrs and not os.path.exists(conf["go"]):
+                    time.sleep(0.05)  # the first run waits here for the test's signal (before step 4 prunes it)
                 time.sleep(float(conf["sleep"]))
                 self.save_checkpoint(trial, {"step": step + 1})
                 self.report(trial, 1.0 if step == 0 else 0.5 if step == 1 else 0.6, step)  # no gain after step 1
@@ -195,7 +197,8 @@ CURVE = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_a_preempted_and_requeued_trial_keeps_its_curve_and_the_pruner_sees_all_of_it(tmp_path: Path) -> None:
-    s = write_search(tmp_path / "s", objective=CURVE, model={"model": {"x": 0.0}, "sleep": 0.5},
+    go = tmp_path / "go"
+    s = write_search(tmp_path / "s", objective=CURVE, model={"model": {"x": 0.0}, "sleep": 0.2, "go": str(go)},
                      optuna={"n_trials": 1, "max_retry": 1,
                              "pruner": {"type": "PatientPruner", "wrapped_pruner": None, "patience": 2}})
     cmd = [sys.executable, "-m", "hyper_opt.run", "hyper.yml", "model.yml"]
@@ -206,14 +209,17 @@ def test_a_preempted_and_requeued_trial_keeps_its_curve_and_the_pruner_sees_all_
             trials = study_of(s).trials
         except Exception:  # noqa: BLE001 - no database or no study yet
             trials = []
-        if trials and len(trials[0].intermediate_values) >= 2:
+        if trials and 2 in trials[0].intermediate_values:
             break
         time.sleep(0.1)
     first.send_signal(signal.SIGUSR1)  # what the job gets before a time limit or preemption
+    time.sleep(0.5)
+    go.write_text("")  # the trial goes on to its next report, where it stops: step 3
     log, _ = first.communicate(timeout=60)
     original = study_of(s).trials[0]
     assert original.state == TS.FAIL and original.user_attrs["stopped"] == "preempted", log
     k = max(original.intermediate_values)  # the step it stopped at (it saved its checkpoint first)
+    assert k == 3, original.intermediate_values
     subprocess.run(cmd, cwd=s.folder, check=True, capture_output=True, timeout=120, env=os.environ)
     study = study_of(s)
     copy = study.trials[-1]
