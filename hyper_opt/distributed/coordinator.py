@@ -173,6 +173,8 @@ class Coordinator:
             for key, _ in self.sel.select(timeout=0):
                 if key.fileobj is not self.server:
                     self._receive(key.fileobj)  # type: ignore[arg-type]
+            if 0 in self.results:  # rank 0's outcome came meanwhile: it stands
+                return
             if self.local and index in self.results or not self.local and not self._missing():
                 continue
             who = f"rank {index} (pid {proc.pid})" if self.local else f"rank(s) {ranks} (launched by {proc.args[0]})"
