@@ -109,9 +109,8 @@ def retried_numbers(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
     """Trials whose copy was queued to run again (the copy's ``retry_of``/``failed_trial``)."""
     numbers: set[int] = set()
     for t in trials:
-        for key in ("retry_of",):
-            if isinstance(t.user_attrs.get(key), int):
-                numbers.add(t.user_attrs[key])
+        if isinstance(t.user_attrs.get("retry_of"), int):
+            numbers.add(t.user_attrs["retry_of"])
         failed = t.system_attrs.get("failed_trial")
         if isinstance(failed, int):
             numbers.add(failed)
