@@ -147,16 +147,16 @@ def release(procs: Started) -> None:
 
 def abandon(procs: Started) -> None:
     """Stop workers started with ``wait_for_go`` that will not be released (the launcher refused
-    or found nothing to do): they see the end of stdin and exit without touching the study."""
+    or found nothing to do). Until ``go`` a worker only imports and reads the files, so it is
+    killed rather than left to finish importing (about a second of CPU each) and see the end of
+    its input."""
     for proc, log in procs:
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
             proc.kill()
-            proc.wait()
+        proc.wait()
         log.close()
 
 
@@ -192,7 +192,7 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
         try:
             while any(p.poll() is None for p, _ in procs):
                 _show(progress, opened)
-                time.sleep(poll_s)
+                _wait_all(procs, poll_s)
         except KeyboardInterrupt:
             stream.write("\nstopping workers (the running trials are recorded as FAIL)...\n")
             _stop(procs)
@@ -229,6 +229,20 @@ def record_local_workers(config: HyperConfig, pids: Sequence[int]) -> Path:
     atomic_write_text(path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                         "workers": list(pids)}))
     return path
+
+
+def _wait_all(procs: Started, seconds: float) -> None:
+    """Wait until every worker has exited or ``seconds`` have passed (the search's end is seen at
+    once, not at the next progress line)."""
+    deadline = time.monotonic() + seconds
+    for proc, _ in procs:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            return
 
 
 def _show(progress: _Progress, opened: Opened) -> None:
