@@ -62,3 +62,40 @@ def test_workers_started_ahead_leave_when_optimize_refuses(tmp_path: Path) -> No
     assert [(t.number, t.state) for t in _study(s).trials] == before
     left = subprocess.run(["pgrep", "-f", f"hyper_opt.run {s.folder / 'hyper.yml'}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"workers left running: {left.stdout}"
+
+
+def test_a_worker_waiting_for_go_has_imported_the_objective_and_a_broken_one_is_reported_after_go(
+        tmp_path: Path) -> None:
+    """The objective's module (often torch with it: seconds) is imported while the launcher checks,
+    so that go leaves only the study's opening and the claim; a module that fails to import
+    fails the worker after go with its usual message, and not before (a refusing launcher kills
+    its workers first)."""
+    from hyper_opt.config import load_config
+    from hyper_opt.study import open_study
+
+    from .conftest import FAST_OBJECTIVE
+
+    marker = tmp_path / "imported"
+    good = write_search(tmp_path / "good", optuna={"n_trials": 1},
+                        objective=f"open({str(marker)!r}, 'a').write('x')\n" + FAST_OBJECTIVE)
+    broken = write_search(tmp_path / "broken", optuna={"n_trials": 1},
+                          objective="import not_a_module_anywhere\n" + FAST_OBJECTIVE)
+    for s in (good, broken):
+        config, _ = load_config(s.hyper, s.model)
+        open_study(config, create=True, check_reload=True).lock.close()
+    waiting, failing = _worker(good), _worker(broken)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.read_text() == "x", "imported before go"
+    assert waiting.poll() is None and _study(good).trials == [], "and nothing else"
+    time.sleep(2)
+    assert failing.poll() is None, "a module that does not import waits for go like any other"
+    for proc in (waiting, failing):
+        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+    assert waiting.wait(timeout=60) == 0, waiting.stderr.read()  # type: ignore[union-attr]
+    assert marker.read_text() == "x", "imported once"
+    assert [t.state for t in _study(good).trials] == [TS.COMPLETE]
+    assert failing.wait(timeout=60) != 0
+    assert "No module named 'not_a_module_anywhere'" in failing.stderr.read()  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from hyper_opt.cli.common import EXIT_FAILED, EXIT_OK, add_common_arguments, load_from_args, setup_logging
 
@@ -34,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.wait_for_go:
         import sys
 
-        from hyper_opt.storage import preload
-
-        preload(config.optuna)
+        _load_ahead(config)
         if sys.stdin.readline().strip() != "go":  # the launcher stopped before starting the search
             return EXIT_OK
     deadline = args.deadline
@@ -51,3 +50,24 @@ def run(args: argparse.Namespace) -> int:
     if report.stop is Stop.FAILURES:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _load_ahead(config: Any) -> None:
+    """What a worker started ahead of the launcher's checks does while it waits for ``go``: it
+    imports what opening the storage needs (hyper_opt.storage.preload), the user's objective
+    module (often torch with it: seconds) and picks its device, touching neither the study nor
+    the database. A module that fails to import is imported again after ``go``, where its error is
+    reported as it always is (the launcher refusing first, if it does)."""
+    import logging
+
+    from hyper_opt.exceptions import ObjectiveError
+    from hyper_opt.loader import load_module
+    from hyper_opt.objective import trial_device
+    from hyper_opt.storage import preload
+
+    preload(config.optuna)
+    try:
+        load_module(config.optuna.objective)
+    except ObjectiveError as err:
+        logging.getLogger(__name__).debug("importing the objective ahead failed: %s", err)
+    trial_device(config.optuna.gpu)
