@@ -22,7 +22,7 @@ CASES: dict[str, tuple[dict[str, Any], list[str], str]] = {
     "save_path": ({"save_path": f"results\n#SBATCH --time=99:00:00\n{INJECTED}", "slurm": SLURM}, [], "save_path"),
     "slurm:folder": ({"slurm": {**SLURM, "folder": f"jobs\n{INJECTED}"}}, [], "slurm:folder"),
     "slurm:python": ({"slurm": {**SLURM, "python": f"python\n{INJECTED}"}}, [], "slurm:python"),
-    "pbs log path": ({"pbs": {**PBS, "batch": {**PBS["batch"], "o": f"logs/out\n#PBS -l walltime=99:00:00"}}},
+    "pbs log path": ({"pbs": {**PBS, "batch": {**PBS["batch"], "o": "logs/out\n#PBS -l walltime=99:00:00"}}},
                      [], "pbs:batch:o"),
     "pbs:bash": ({"pbs": {**PBS, "bash": ["module load x", f"echo \r{INJECTED}"]}}, [], "pbs:bash:1"),
     "--set": ({"slurm": SLURM}, ["--set", f'slurm:folder="jobs\\n{INJECTED}"'], "slurm:folder"),

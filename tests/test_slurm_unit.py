@@ -145,7 +145,7 @@ def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
 
 def _chosen_python(tmp_path: Path, config, path: str,  # type: ignore[no-untyped-def]
                    fallback: str = "/fallback/python") -> subprocess.CompletedProcess[str]:
-    from hyper_opt.launch.slurm import PYTHON_VAR, interpreter
+    from hyper_opt.launch.slurm import interpreter
 
     lines, python = interpreter(config.slurm, fallback=fallback)
     script = tmp_path / "choose.sh"
@@ -168,7 +168,6 @@ def test_the_fallback_pythons_path_is_never_run_by_the_shell(tmp_path: Path) -> 
 
 
 def test_bash_lines_choose_the_jobs_python_when_it_has_hyper_opt(tmp_path: Path) -> None:
-    import subprocess
 
     config = _config(tmp_path)
     venv_bin = str(Path(sys.executable).parent)  # a python that imports hyper_opt and submitit
