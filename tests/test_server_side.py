@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -281,3 +282,43 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
     finally:
         storage.engine.dispose()
         _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_database_user_who_may_not_create_functions_runs_on_the_transaction_claim(
+        tmp_path: Path, private_pg: Any) -> None:
+    """A user with rights on optuna's tables but no CREATE on the schema (PostgreSQL 15's default
+    for anyone but the database's owner): hyper_opt says that it cannot create its claim
+    function and claims in several round trips; the budget stays exact."""
+    from benchmarks.fleet import _as_server_user
+
+    from hyper_opt import server_side
+
+    owner = sqlalchemy.create_engine(private_pg.url)
+    try:
+        optuna.storages.RDBStorage(private_pg.url).engine.dispose()  # optuna's tables, by the owner
+        sock, port = private_pg.data_dir.parent, sqlalchemy.make_url(private_pg.url).port
+        subprocess.run(_as_server_user(["psql", "-X", "-q", "-h", str(sock), "-p", str(port), "-U", "postgres",
+                                        "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+                                        "CREATE ROLE plain LOGIN PASSWORD 'plain'"]), check=True, capture_output=True)
+        with owner.begin() as conn:
+            for grant in ("GRANT USAGE ON SCHEMA public TO plain",
+                          "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO plain",
+                          "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO plain"):
+                conn.execute(sqlalchemy.text(grant))
+        plain = sqlalchemy.make_url(private_pg.url).set(username="plain", password="plain")
+        url = plain.render_as_string(hide_password=False)
+        s = write_search(tmp_path / "s", extra={"local": {"workers": 3}},
+                         optuna={"storage": url, "n_trials": 9, "reload": 0})
+        s.cli("optimize", "hyper.yml", "model.yml", check=True, timeout=300)
+        study = optuna.load_study(study_name=s.hyper_config()["optuna"]["study_name"], storage=private_pg.url)
+        assert sorted(t.number for t in study.trials) == list(range(9))
+        assert all(t.state == TS.COMPLETE for t in study.trials)
+        logs = "".join(p.read_text() for p in (s.save_path / "logs").glob("*.log"))
+        assert "cannot create hyper_opt's claim function" in logs, logs[-3000:]
+        with owner.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT to_regproc(:f)"),
+                                {"f": server_side.CLAIM_FUNCTION}).scalar() is None, "nothing was created"
+    finally:
+        owner.dispose()
