@@ -267,13 +267,27 @@ def _check_schema(storage: Any, st: StorageSpec) -> None:
     """optuna's table-schema check, on one connection at a time (optuna's own holds a session
     open while it opens a second connection, which a one-connection pool cannot give)."""
     try:
-        current, head = storage.get_current_version(), storage.get_head_version()
+        current, head = storage.get_current_version(), _head_version(storage)
     except Exception as err:  # noqa: BLE001 - a driver error: with_db_retry decides
         raise StorageError(f"cannot read the schema version of {describe(st)}: {_first_line(err)}") from err
     if current != head:
         raise StorageRefusedError(
             f"the tables of {describe(st)} have schema version {current}, this optuna expects {head}: "
             "run `optuna storage upgrade --storage URL` (or install the optuna that created them)")
+
+
+_HEAD_VERSIONS: dict[str, str] = {}
+
+
+def _head_version(storage: Any) -> str:
+    """The schema version this optuna expects, read once per process: alembic executes every one of
+    optuna's migration scripts to find it (about 45 ms of CPU each time, at each worker's start, and
+    for each worker thread of benchmarks/fleet.py)."""
+    import optuna
+
+    if optuna.__version__ not in _HEAD_VERSIONS:
+        _HEAD_VERSIONS[optuna.__version__] = storage.get_head_version()
+    return _HEAD_VERSIONS[optuna.__version__]
 
 
 def _first_line(err: BaseException) -> str:
