@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -203,6 +204,17 @@ def test_a_preempted_and_requeued_trial_keeps_its_curve_and_the_pruner_sees_all_
                              "pruner": {"type": "PatientPruner", "wrapped_pruner": None, "patience": 2}})
     cmd = [sys.executable, "-m", "hyper_opt.run", "hyper.yml", "model.yml"]
     first = subprocess.Popen(cmd, cwd=s.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    warned = threading.Event()
+
+    def read_log() -> None:
+        for line in first.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "SIGUSR1 (job ending)" in line:
+                warned.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -213,9 +225,13 @@ def test_a_preempted_and_requeued_trial_keeps_its_curve_and_the_pruner_sees_all_
             break
         time.sleep(0.1)
     first.send_signal(signal.SIGUSR1)  # what the job gets before a time limit or preemption
-    time.sleep(0.5)
+    # The worker has taken the signal (it says so) before the trial may go on: a fixed sleep here
+    # let a worker that a loaded machine had not yet scheduled reach step 4, where it is pruned.
+    assert warned.wait(60), "".join(lines)
     go.write_text("")  # the trial goes on to its next report, where it stops: step 3
-    log, _ = first.communicate(timeout=60)
+    first.wait(timeout=60)
+    reader.join(timeout=60)
+    log = "".join(lines)
     original = study_of(s).trials[0]
     assert original.state == TS.FAIL and original.user_attrs["stopped"] == "preempted", log
     k = max(original.intermediate_values)  # the step it stopped at (it saved its checkpoint first)

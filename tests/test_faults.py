@@ -44,23 +44,55 @@ def _running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state == TS.RUNNING]
 
 
+# SLEEPY, except that a first attempt numbered hold_from or later waits after its first report
+# until the test creates conf["go"]: the test's faults then land in a trial that is training
+# whatever the machine's load does to its timing, never in one that has just ended.
+HELD = textwrap.dedent('''
+    import os, time
+    from hyper_opt import BaseObjective
+
+    class Objective(BaseObjective):
+        def train(self, trial, conf):
+            x = conf["model"]["x"]
+            for step in range(int(conf["steps"])):
+                time.sleep(float(conf["sleep"]))
+                self.report(trial, (x - 2) ** 2 + 1.0 / (step + 1), step)
+                while (step == 0 and trial.number >= int(conf["hold_from"]) and "retry_of" not in trial.user_attrs
+                       and not os.path.exists(conf["go"])):
+                    time.sleep(0.05)
+            return {"val_loss": (x - 2) ** 2}
+''')
+
+
+def _wait_job_gone(job_id: str, timeout: float) -> None:
+    """Until squeue no longer lists the job (not even COMPLETING): its processes have ended."""
+    _wait_for(lambda: subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True,
+                                     text=True).stdout.strip() == "", timeout, f"job {job_id} to end")
+
+
 @pytest.mark.slurm
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_sigkill_and_scancel_mid_trial_are_retried_and_the_count_is_exact(
         tmp_path: Path, pg_url: str, slurm_cluster: str) -> None:
-    s = write_search(tmp_path / "s", objective=SLEEPY, model={"model": {"x": 0.0}, "sleep": 1.0, "steps": 4},
+    go = tmp_path / "go"
+    s = write_search(tmp_path / "s", objective=HELD,
+                     model={"model": {"x": 0.0}, "sleep": 1.0, "steps": 4, "hold_from": 0, "go": str(go)},
                      extra={"slurm": {"jobs": 3, "batch": {"t": "00:10:00", "J": "hoptest-faults", "mem": "400M"}}},
                      optuna={"storage": pg_url, "n_trials": 12, "max_retry": 2})
     ids = _job_ids(s.cli("optimize", "hyper.yml", "model.yml", check=True).stdout)
-    # A trial is RUNNING with its run context from the claim on, and has its parameters once the
-    # objective has suggested them: pick trials that are training, so that the kill is mid-trial.
+    # First attempts hold after their first report until `go`: the trials picked here are still
+    # training when the kill and the cancel land, however long those take on a loaded machine (a
+    # trial that ended in between would leave its worker's next trial to take the fault).
     running = _wait_for(lambda: (r := [t for t in _running(_study(s, pg_url)) if t.user_attrs.get("worker_pid")
-                                       and t.params]) and len({t.user_attrs.get("slurm_job_id") for t in r}) >= 2
-                        and r, 120, "two jobs running trials")
+                                       and 0 in t.intermediate_values])
+                        and len({t.user_attrs.get("slurm_job_id") for t in r}) >= 2 and r, 120,
+                        "two jobs running trials")
     killed, cancelled = running[0], next(t for t in running if t.user_attrs["slurm_job_id"] != running[0].user_attrs["slurm_job_id"])
     os.kill(int(killed.user_attrs["worker_pid"]), signal.SIGKILL)
     subprocess.run(["scancel", cancelled.user_attrs["slurm_job_id"]], check=True)
+    _wait_job_gone(cancelled.user_attrs["slurm_job_id"], 120)  # its worker has stopped its trial
+    go.touch()
     _wait_jobs_done(ids, timeout=240)
     study = _study(s, pg_url)
     by_number = {t.number: t for t in study.trials}
@@ -173,7 +205,12 @@ def test_eight_workers_two_hundred_trials_exact_and_one_csv_each(tmp_path: Path,
 @pytest.mark.slow
 def test_resubmission_after_cancelling_all_jobs_tops_the_study_up(
         tmp_path: Path, pg_url: str, slurm_cluster: str) -> None:
-    s = write_search(tmp_path / "s", objective=SLEEPY, model={"model": {"x": 0.0}, "sleep": 0.5, "steps": 3},
+    # Trials 0-2 run through; later first attempts hold after their first report until `go`, so
+    # that the cancel (a Python process, seconds on a loaded machine) always meets a search that
+    # is not done (unheld, the 11 trials left could all finish before it).
+    go = tmp_path / "go"
+    s = write_search(tmp_path / "s", objective=HELD,
+                     model={"model": {"x": 0.0}, "sleep": 0.5, "steps": 3, "hold_from": 3, "go": str(go)},
                      extra={"slurm": {"jobs": 2, "batch": {"t": "00:10:00", "J": "hoptest-resubmit", "mem": "400M"}}},
                      optuna={"storage": pg_url, "n_trials": 14})
     ids = _job_ids(s.cli("optimize", "hyper.yml", "model.yml", check=True).stdout)
@@ -181,7 +218,8 @@ def test_resubmission_after_cancelling_all_jobs_tops_the_study_up(
     s.cli("cancel", "hyper.yml", check=True)
     _wait_jobs_done(ids, timeout=60)
     before = _study(s, pg_url)
-    assert sum(t.state in FINISHED for t in before.trials) < 14 and not _running(before)
+    assert sum(t.state in FINISHED for t in before.trials) == 3 and not _running(before)
+    go.touch()  # the resubmitted jobs' trials run through
     proc = s.cli("optimize", "hyper.yml", "model.yml", "--reload", check=True)
     new_ids = _job_ids(proc.stdout)
     _wait_jobs_done(new_ids, timeout=240)

@@ -33,9 +33,10 @@ pytestmark = [pytest.mark.pbs, pytest.mark.postgres, pytest.mark.slow]
 TS = optuna.trial.TrialState
 QUEUE = "workq"  # the local server's queue; the only key changed in the projects' sections
 
-# Saves a checkpoint after every step and resumes from it: a retried trial continues.
+# Saves a checkpoint after every step and resumes from it: a retried trial continues. With
+# conf["go"], a trial that started from scratch holds after its second step until that file exists.
 CHECKPOINTING = textwrap.dedent('''
-    import time
+    import os, time
     from hyper_opt import BaseObjective
 
     class Objective(BaseObjective):
@@ -47,6 +48,8 @@ CHECKPOINTING = textwrap.dedent('''
                 time.sleep(float(conf["sleep"]))
                 self.save_checkpoint(trial, step + 1)
                 self.report(trial, (x - 2) ** 2 + 1.0 / (step + 1), step)
+                while conf.get("go") and start == 0 and step == 1 and not os.path.exists(conf["go"]):
+                    time.sleep(0.05)
             return {"val_loss": (x - 2) ** 2}
 ''')
 
@@ -60,11 +63,11 @@ def _job_env_lines() -> list[str]:
 
 
 def _search(tmp_path: Path, pg_url: str, name: str, *, pbs: dict, n_trials: int, sleep: float = 0.2,
-            steps: int = 2, **optuna_keys: object) -> Search:
+            steps: int = 2, go: Path | None = None, **optuna_keys: object) -> Search:
     section = copy.deepcopy(pbs)
     section["bash"] = [*section.get("bash", []), *_job_env_lines()]
     return write_search(tmp_path / name, objective=CHECKPOINTING, extra={"pbs": section},
-                        model={"model": {"x": 0.0}, "sleep": sleep, "steps": steps},
+                        model={"model": {"x": 0.0}, "sleep": sleep, "steps": steps, **({"go": str(go)} if go else {})},
                         optuna={"storage": pg_url, "n_trials": n_trials, **optuna_keys})
 
 
@@ -308,7 +311,11 @@ def test_a_rerun_job_continues_the_study(tmp_path: Path, pbs_cluster: Path, pg_u
     checkpoint, and the study ends with exactly n_trials."""
     pbs = {"jobs": 1, "batch": {"l": ["select=1:ncpus=1", "walltime=00:05:00"], "q": QUEUE, "r": "y",
                                 "N": "hoptest-rerun"}}
-    s = _search(tmp_path, pg_url, "rerun", pbs=pbs, n_trials=2, sleep=1.0, steps=6, max_retry=2)
+    # A trial from scratch holds after its second step (checkpoint 2) until `go`: the rerun lands
+    # in it however long qrerun takes on a loaded machine (the trial could otherwise end first,
+    # and the rerun hit the next one before its checkpoint).
+    go = tmp_path / "go"
+    s = _search(tmp_path, pg_url, "rerun", pbs=pbs, n_trials=2, sleep=1.0, steps=6, max_retry=2, go=go)
     ids = _submit(s, pbs_cluster)
     assert _qstat(pbs_cluster, ids)[ids[0]]["Rerunable"] == "True"
 
@@ -317,6 +324,8 @@ def test_a_rerun_job_continues_the_study(tmp_path: Path, pbs_cluster: Path, pg_u
 
     _wait_for("the first trial to pass two steps", checkpointed)
     subprocess.run([str(pbs_cluster / "qrerun"), ids[0]], check=True, capture_output=True, timeout=60)
+    _wait_for("the rerun to fail the held trial", lambda: any(t.state == TS.FAIL for t in _study(s, pg_url).trials))
+    go.touch()
     job = _wait_finished(pbs_cluster, ids, timeout=180)[ids[0]]
     assert job["run_count"] == "2" and job["Exit_status"] == "0", job
     study = _study(s, pg_url)

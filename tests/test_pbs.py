@@ -72,9 +72,11 @@ def _logs(s: Search) -> str:
 def test_echo_opt_torch_pbs_section_submits_through_qsub_and_finishes(tmp_path: Path, pg_url: str,
                                                                        torque_qsub: str) -> None:
     s = _search(tmp_path, pg_url, pbs=ECHO_OPT_TORCH, n_trials=6)
-    started = time.time()
     proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
-    assert time.time() - started < 30, "optimize returns once the job is submitted"
+    # optimize returns once the job is submitted, not when it is done: the study is not finished
+    # yet (its time is no measure: seconds of start-up on a loaded machine)
+    early = [t for t in _study(s, pg_url).trials if t.state in (TS.COMPLETE, TS.PRUNED)]
+    assert len(early) < 6, "optimize returns once the job is submitted"
     assert "submitted 1 PBS job(s)" in proc.stdout
     ids = _job_ids(s)
     show = subprocess.run(["scontrol", "show", "job", ids[0]], capture_output=True, text=True).stdout

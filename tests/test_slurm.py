@@ -75,9 +75,11 @@ def test_gpu_jobs_share_the_study_and_reach_exactly_n_trials(tmp_path: Path, pg_
              "batch": {"gres": "gpu:2", "t": "00:10:00", "J": "hoptest-gpu", "mem": "500M",
                        "cpus-per-task": 2}}
     s = _search(tmp_path, pg_url, slurm=slurm, n_trials=24)
-    started = time.time()
     proc = s.cli("optimize", "hyper.yml", "model.yml", check=True)
-    assert time.time() - started < 30, "optimize returns once the jobs are submitted"
+    # optimize returns once the jobs are submitted, not when they are done: the study is not
+    # finished yet (its time is no measure: seconds of start-up on a loaded machine)
+    early = [t for t in _study(s, pg_url).trials if t.state in (TS.COMPLETE, TS.PRUNED)]
+    assert len(early) < 24, "optimize returns once the jobs are submitted"
     ids = _job_ids(proc.stdout)
     assert len(ids) == 3
     queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)

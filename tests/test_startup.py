@@ -85,9 +85,11 @@ def test_a_worker_waiting_for_go_has_imported_the_objective_and_a_broken_one_is_
         open_study(config, create=True, check_reload=True).lock.close()
     waiting, failing = _worker(good), _worker(broken)
     deadline = time.time() + 60
-    while not marker.exists() and time.time() < deadline:
+    # its content, not its existence: the file is created by open() before the "x" is written,
+    # and a loaded machine can stop the worker between the two
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
         time.sleep(0.1)
-    assert marker.read_text() == "x", "imported before go"
+    assert marker.exists() and marker.read_text() == "x", "imported before go"
     assert waiting.poll() is None and _study(good).trials == [], "and nothing else"
     time.sleep(2)
     assert failing.poll() is None, "a module that does not import waits for go like any other"
