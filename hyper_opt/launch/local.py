@@ -166,14 +166,7 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
     number that exited with an error."""
     stream = stream or sys.stderr
     log_dir = config.save_path / "logs"
-    if started is None:
-        procs = start_workers(config, workers, debug=debug)
-    else:
-        procs = started
-        release(procs)
-    logger.info("started %d local worker(s); logs in %s", len(procs), log_dir)
-    record = record_local_workers(config, [p.pid for p, _ in procs])
-    progress = _Progress(config.optuna.n_trials, stream)
+    procs: Started = []
     interrupted = False
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -186,10 +179,17 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    # Before any worker runs: a Ctrl-C from here on stops the workers instead of leaving them behind.
     for sig in previous:
         signal.signal(sig, on_signal)
+    progress = _Progress(config.optuna.n_trials, stream)
+    record: Path | None = None
     try:
         try:
+            procs.extend(start_workers(config, workers, debug=debug) if started is None else started)
+            release(procs)
+            logger.info("started %d local worker(s); logs in %s", len(procs), log_dir)
+            record = record_local_workers(config, [p.pid for p, _ in procs])
             while any(p.poll() is None for p, _ in procs):
                 _show(progress, opened)
                 _wait_all(procs, poll_s)
@@ -205,7 +205,8 @@ def run_local(config: HyperConfig, opened: Opened, *, workers: int, debug: bool 
             log.close()
     with_db_retry(lambda: _fail_orphans(opened, [p.pid for p, _ in procs], max_retry=config.optuna.max_retry),
                   seconds=config.optuna.db_retry_seconds, what="checking for trials left RUNNING")
-    record.unlink(missing_ok=True)  # after the orphans: cancel waits for this file to go
+    if record is not None:
+        record.unlink(missing_ok=True)  # after the orphans: cancel waits for this file to go
     bad = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.returncode != 0]
     for i, rc in bad:
         if not interrupted:
