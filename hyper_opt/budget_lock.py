@@ -467,3 +467,14 @@ def bind_session(storage: Any, conn: Any) -> Iterator[None]:
         yield
     finally:
         sessions._local.conn = previous
+
+
+class NoLock:
+    """The lock of a study opened only to read it: nothing to take or release."""
+
+    def close(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[NoLock]:
+        yield self

@@ -8,17 +8,15 @@ enqueued trials.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyper_opt.exceptions import ConfigError, StudyExistsError
 from hyper_opt.registry import make_pruner, make_sampler, quiet_experimental, worker_sampler  # noqa: F401 - re-exported
 from hyper_opt.schema import HyperConfig
-from hyper_opt.budget_lock import BudgetLock
+from hyper_opt.budget_lock import BudgetLock, NoLock
 from hyper_opt.storage import describe, is_connection_error, make_storage, with_db_retry
 
 if TYPE_CHECKING:
@@ -97,6 +95,10 @@ def _create_or_load(config: HyperConfig, storage: Any, lock: BudgetLock, *, crea
     import optuna
 
     spec = config.optuna
+    if create and not (check_reload or replace) and lock.atomic(storage):
+        loaded = _load_existing(config, storage, worker_index=worker_index)
+        if loaded is not None:
+            return loaded
     with lock.transaction(storage) as conn:
         exists = study_exists(storage, spec.study_name)
         if exists and (check_reload or replace):
@@ -149,15 +151,21 @@ def _create_or_load(config: HyperConfig, storage: Any, lock: BudgetLock, *, crea
     return study, storage.get_study_id_from_name(spec.study_name)
 
 
-class NoLock:
-    """The lock of a study opened only to read it: nothing to take or release."""
-
-    def close(self) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[NoLock]:
-        yield self
+def _load_existing(config: HyperConfig, storage: Any, *, worker_index: int) -> tuple[optuna.Study, int] | None:
+    """A worker's opening of a study its launcher set up, without the budget lock (on PostgreSQL
+    it serialised every worker's start-up: 512 took over a minute in benchmarks/fleet.py); None
+    when there is work for the lock: a study to create, trials to enqueue, directions to refuse."""
+    spec = config.optuna
+    try:
+        study_id = storage.get_study_id_from_name(spec.study_name)
+    except KeyError:
+        return None
+    study = _load(config, storage, worker_index=worker_index)
+    if ([d.name.lower() for d in study.directions] != list(spec.directions)
+            or (spec.enqueue and not study.user_attrs.get(ENQUEUED_ATTR))):
+        return None
+    claim_save_path(config, write=True)
+    return study, study_id
 
 
 def read_study(config: HyperConfig) -> Opened:

@@ -267,3 +267,47 @@ def test_workers_use_at_most_connections_per_worker_and_keep_the_exact_budget(tm
         stop.set()
         engine.dispose()
         _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+def test_workers_open_a_set_up_study_without_the_budget_lock_and_take_it_when_there_is_work(
+        tmp_path: Path, pg_url: str) -> None:
+    """On PostgreSQL a worker opens a study its launcher created without waiting for the budget
+    lock (held here by another session for the whole test), so that hundreds of workers do not
+    start one after another; one with seed trials still to enqueue waits for the lock."""
+    from hyper_opt.budget_lock import BudgetLock
+    from hyper_opt.study import open_study
+
+    s = write_search(tmp_path / "s", optuna={"storage": pg_url, "n_trials": 4})
+    config, _ = _config(s)
+    open_study(config, create=True, check_reload=True).lock.close()  # the launcher's opening
+    other = BudgetLock(config.optuna)
+    opened: dict[str, Any] = {}
+
+    def open_as_worker(key: str, cfg: Any) -> None:
+        opened[key] = open_study(cfg, create=True, worker=True)
+
+    try:
+        other.acquire()
+        plain = threading.Thread(target=open_as_worker, args=("plain", config), daemon=True)
+        plain.start()
+        plain.join(timeout=60)
+        assert "plain" in opened, "a worker waited for the budget lock to open a study that needs nothing"
+        assert opened["plain"].study.study_name == config.optuna.study_name
+        s.rewrite_hyper(lambda h: h["optuna"].update(enqueue=[{"x": 1.0}]))
+        seeded, _ = _config(s)
+        waiting = threading.Thread(target=open_as_worker, args=("seeded", seeded), daemon=True)
+        waiting.start()
+        waiting.join(timeout=3)
+        assert "seeded" not in opened, "enqueueing seed trials is done under the lock"
+        other.release()
+        waiting.join(timeout=60)
+        assert "seeded" in opened
+        seeds = opened["seeded"].study.trials
+        assert [(t.state, t.system_attrs.get("fixed_params")) for t in seeds] == [
+            (optuna.trial.TrialState.WAITING, {"x": 1.0})]
+    finally:
+        other.close()
+        for o in opened.values():
+            o.lock.close()
+        _delete(pg_url, config.optuna.study_name)
