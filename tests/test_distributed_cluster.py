@@ -69,9 +69,13 @@ def test_slurm_job_runs_two_trials_of_two_ranks_at_a_time(tmp_path: Path, pg_url
 @pytest.mark.slurm
 def test_scancel_mid_trial_requeues_it_and_the_retry_runs_both_ranks(tmp_path: Path, pg_url: str,
                                                                      slurm_cluster: str) -> None:
+    # First attempts hold after step 1 until `go`, so the trial picked is still training when the
+    # scancel lands, however long the poll and scancel take on a loaded machine.
+    go = tmp_path / "go"
     s = ranked_search(tmp_path / "s", n_trials=3, steps=8, sleep=0.5, optuna_keys={"storage": pg_url, "max_retry": 2},
                       extra={"slurm": {"jobs": 2, "gpus_per_node": 2, "gpus_per_trial": 2,
-                                       "batch": {"gres": "gpu:2", "t": "00:10:00", "J": "hoptest-ddp", "mem": "1G"}}})
+                                       "batch": {"gres": "gpu:2", "t": "00:10:00", "J": "hoptest-ddp", "mem": "1G"}}},
+                      hold_step=1, go=str(go))
     ids = _job_ids(s.cli("optimize", "hyper.yml", "model.yml", check=True).stdout)
     out = s.folder / "out"
 
@@ -83,6 +87,9 @@ def test_scancel_mid_trial_requeues_it_and_the_retry_runs_both_ranks(tmp_path: P
 
     victim = _wait_for(training, 180, "a trial training on both ranks")
     subprocess.run(["scancel", victim.user_attrs["slurm_job_id"]], check=True)
+    _wait_for(lambda: subprocess.run(["squeue", "-h", "-j", victim.user_attrs["slurm_job_id"]], capture_output=True,
+                                     text=True).stdout.strip() == "", 120, "the cancelled job to end")
+    go.touch()
     _wait_jobs_done(ids, timeout=300)
     study = study_of(s, pg_url)
     failed = next(t for t in study.trials if t.number == victim.number)
