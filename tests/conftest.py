@@ -45,6 +45,14 @@ FAST_OBJECTIVE = textwrap.dedent('''
             BaseObjective.__init__(self, config, metric, device)
 
         def train(self, trial, conf):
+            meet = conf.get("meet")  # {"dir", "workers"}: each worker's first trial waits for the others' first
+            if meet and not getattr(self, "_met", False):
+                self._met = True
+                os.makedirs(meet["dir"], exist_ok=True)
+                open(os.path.join(meet["dir"], str(os.getpid())), "w").close()
+                deadline = time.time() + 120
+                while len(os.listdir(meet["dir"])) < int(meet["workers"]) and time.time() < deadline:
+                    time.sleep(0.02)
             x = conf["model"]["x"]
             sleep = float(conf.get("sleep", 0.0))
             for step in range(int(conf.get("steps", 3))):

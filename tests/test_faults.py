@@ -183,8 +183,11 @@ def test_database_restart_mid_study_loses_nothing(tmp_path: Path, private_pg: An
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_eight_workers_two_hundred_trials_exact_and_one_csv_each(tmp_path: Path, pg_url: str) -> None:
-    s = write_search(tmp_path / "s", model={"model": {"x": 0.0}, "steps": 1}, extra={"local": {"workers": 8}},
-                     optuna={"storage": pg_url, "n_trials": 200})
+    # Each worker's first trial waits until all 8 have one: a worker that starts late on a loaded
+    # machine still takes part (unmet, the others could finish the 200 instant trials first).
+    s = write_search(tmp_path / "s", model={"model": {"x": 0.0}, "steps": 1,
+                                            "meet": {"dir": str(tmp_path / "met"), "workers": 8}},
+                     extra={"local": {"workers": 8}}, optuna={"storage": pg_url, "n_trials": 200})
     s.cli("optimize", "hyper.yml", "model.yml", check=True, timeout=600)
     study = _study(s, pg_url)
     numbers = sorted(t.number for t in study.trials)
