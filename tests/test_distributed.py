@@ -58,11 +58,23 @@ RANKED = textwrap.dedent('''
             out = Path(conf["out"])
             out.mkdir(exist_ok=True)
             (out / f"t{trial.number}_r{rank}.started").write_text(str(os.getpid()))
+            if rank == conf.get("die_after_rank_0"):  # dies once rank 0 has its result
+                while not (out / f"t{trial.number}_r0.json").exists():
+                    time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGKILL)
             try:
                 for step in range(state["step"], int(conf["steps"])):
                     time.sleep(float(conf["sleep"]))
                     if first and step == conf.get("kill_step") and rank == conf.get("kill_rank"):
+                        (out / f"t{trial.number}_r{rank}.killed").write_text("")
                         os.kill(os.getpid(), signal.SIGKILL)
+                    if first and step == conf.get("kill_step") and rank == 0 and conf.get("kill_rank"):
+                        # rank 0 has no result before the kill (a rank started late would otherwise
+                        # die after it, when rank 0's result stands): it waits to be stopped
+                        deadline = time.time() + 60
+                        while not (out / f"t{trial.number}_r{conf['kill_rank']}.killed").exists() and time.time() < deadline:
+                            time.sleep(0.05)
+                        time.sleep(60)
                     if step == conf.get("raise_step") and rank == conf.get("raise_rank"):
                         raise ValueError(f"rank {rank} broke at step {step}")
                     record["steps"].append(step)
@@ -243,6 +255,18 @@ def test_a_killed_rank_fails_the_trial_and_its_retry_completes(tmp_path: Path) -
             "the retry ran both ranks and resumed from rank 0's checkpoint"
     assert sum(t.state == TS.COMPLETE for t in study.trials) == 2
     assert not [t for t in study.trials if t.state == TS.RUNNING]
+
+
+def test_a_rank_that_dies_after_rank_0s_result_leaves_it_standing_without_the_grace_wait(tmp_path: Path) -> None:
+    """Rank 0's result is the trial's; a rank that dies after it is logged, and the worker goes on as
+    soon as every rank has ended instead of waiting out the 60-s grace for its result."""
+    s = ranked_search(tmp_path / "s", extra={"local": {"workers": 1, "gpus_per_trial": 2}}, n_trials=1, steps=2,
+                      die_after_rank_0=1)
+    s.cli("optimize", "hyper.yml", "model.yml", "--local", check=True, timeout=300)
+    assert [t.state for t in study_of(s).trials] == [TS.COMPLETE]
+    log = (s.save_path / "logs" / "worker_0.log").read_text()
+    assert "rank(s) [1] ended without a result after rank 0's result, which stands" in log, log
+    assert "did not end" not in log
 
 
 @pytest.mark.slow

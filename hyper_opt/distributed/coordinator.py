@@ -139,6 +139,10 @@ class Coordinator:
                 finished_at = finished_at or time.monotonic()
                 if len(self.results) == self.size.ranks and self._all_exited(timeout=10.0):
                     return self.results[0]
+                if self._all_exited(timeout=0):  # the missing ones died after rank 0's result
+                    logger.warning("trial %d: rank(s) %s ended without a result after rank 0's result, which "
+                                   "stands", self.trial.number, self._missing())
+                    return self.results[0]
                 if time.monotonic() - finished_at > FINISH_GRACE_S:
                     logger.warning("trial %d: rank(s) %s did not end %.0f s after rank 0's result; stopped",
                                    self.trial.number, self._missing(), FINISH_GRACE_S)
