@@ -44,26 +44,6 @@ def _running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state == TS.RUNNING]
 
 
-# SLEEPY, except that a first attempt numbered hold_from or later waits after its first report
-# until the test creates conf["go"]: the test's faults then land in a trial that is training
-# whatever the machine's load does to its timing, never in one that has just ended.
-HELD = textwrap.dedent('''
-    import os, time
-    from hyper_opt import BaseObjective
-
-    class Objective(BaseObjective):
-        def train(self, trial, conf):
-            x = conf["model"]["x"]
-            for step in range(int(conf["steps"])):
-                time.sleep(float(conf["sleep"]))
-                self.report(trial, (x - 2) ** 2 + 1.0 / (step + 1), step)
-                while (step == 0 and trial.number >= int(conf["hold_from"]) and "retry_of" not in trial.user_attrs
-                       and not os.path.exists(conf["go"])):
-                    time.sleep(0.05)
-            return {"val_loss": (x - 2) ** 2}
-''')
-
-
 def _wait_job_gone(job_id: str, timeout: float) -> None:
     """Until squeue no longer lists the job (not even COMPLETING): its processes have ended."""
     _wait_for(lambda: subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True,
@@ -76,7 +56,7 @@ def _wait_job_gone(job_id: str, timeout: float) -> None:
 def test_sigkill_and_scancel_mid_trial_are_retried_and_the_count_is_exact(
         tmp_path: Path, pg_url: str, slurm_cluster: str) -> None:
     go = tmp_path / "go"
-    s = write_search(tmp_path / "s", objective=HELD,
+    s = write_search(tmp_path / "s", objective=SLEEPY,
                      model={"model": {"x": 0.0}, "sleep": 1.0, "steps": 4, "hold_from": 0, "go": str(go)},
                      extra={"slurm": {"jobs": 3, "batch": {"t": "00:10:00", "J": "hoptest-faults", "mem": "400M"}}},
                      optuna={"storage": pg_url, "n_trials": 12, "max_retry": 2})
@@ -212,7 +192,7 @@ def test_resubmission_after_cancelling_all_jobs_tops_the_study_up(
     # that the cancel (a Python process, seconds on a loaded machine) always meets a search that
     # is not done (unheld, the 11 trials left could all finish before it).
     go = tmp_path / "go"
-    s = write_search(tmp_path / "s", objective=HELD,
+    s = write_search(tmp_path / "s", objective=SLEEPY,
                      model={"model": {"x": 0.0}, "sleep": 0.5, "steps": 3, "hold_from": 3, "go": str(go)},
                      extra={"slurm": {"jobs": 2, "batch": {"t": "00:10:00", "J": "hoptest-resubmit", "mem": "400M"}}},
                      optuna={"storage": pg_url, "n_trials": 14})

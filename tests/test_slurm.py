@@ -18,6 +18,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.postgres, pytest.mark.slow]
 
 TS = optuna.trial.TrialState
 
+# With conf["go"], a first attempt numbered conf["hold_from"] or later waits after its first report
+# until the test creates that file: a test's fault then lands in a trial that is still training,
+# whatever the machine's load does to its timing, never in one that has just ended.
 SLEEPY = textwrap.dedent('''
     import os, time
     from hyper_opt import BaseObjective
@@ -28,6 +31,9 @@ SLEEPY = textwrap.dedent('''
             for step in range(int(conf["steps"])):
                 time.sleep(float(conf["sleep"]))
                 self.report(trial, (x - 2) ** 2 + 1.0 / (step + 1), step)
+                while (conf.get("go") and step == 0 and trial.number >= int(conf["hold_from"])
+                       and "retry_of" not in trial.user_attrs and not os.path.exists(conf["go"])):
+                    time.sleep(0.05)
             return {"val_loss": (x - 2) ** 2}
 ''')
 
