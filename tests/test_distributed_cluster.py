@@ -20,7 +20,7 @@ import pytest
 from hyper_opt.distributed.launch import ONE_NODE_ENV
 
 from .test_distributed import rank_records, ranked_search, study_of
-from .test_faults import _wait_for
+from .test_faults import _wait_for, _wait_job_gone
 from .test_openpbs import _job_env_lines
 from .test_slurm import _job_ids, _wait_jobs_done
 
@@ -87,8 +87,7 @@ def test_scancel_mid_trial_requeues_it_and_the_retry_runs_both_ranks(tmp_path: P
 
     victim = _wait_for(training, 180, "a trial training on both ranks")
     subprocess.run(["scancel", victim.user_attrs["slurm_job_id"]], check=True)
-    _wait_for(lambda: subprocess.run(["squeue", "-h", "-j", victim.user_attrs["slurm_job_id"]], capture_output=True,
-                                     text=True).stdout.strip() == "", 120, "the cancelled job to end")
+    _wait_job_gone(victim.user_attrs["slurm_job_id"], 120)
     go.touch()
     _wait_jobs_done(ids, timeout=300)
     study = study_of(s, pg_url)
