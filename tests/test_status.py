@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 from pathlib import Path
 
 import optuna
@@ -36,16 +38,23 @@ def test_status_of_a_single_objective_study(tmp_path: Path) -> None:
         trial.datetime_start = dt.datetime(2025, 1, 1, 8) + dt.timedelta(minutes=10 * i)
         trial.datetime_complete = trial.datetime_start + dt.timedelta(minutes=5)
         study.add_trial(trial)
+    asked = time.monotonic()
     running = study.ask({"x": dist})
     running.set_user_attr("hostname", "node7")
     running.set_user_attr("slurm_job_id", "")  # no job: nothing to ask the scheduler
     running.set_user_attr("cuda_visible_devices", "3")
     lines = status_lines(config)
+    read = time.monotonic()
     assert lines[1].startswith(f"finished 3/{config.optuna.n_trials}  ") and "RUNNING 1" in lines[1]
     assert lines[2] == "best 1.5 (trial 1)"
     assert lines[3] == "best parameters: {'x': 1.0}"
     assert lines[4] == _expected_span(study) == "7.2 trials/hour over 25.0 min"
-    assert lines[5] == "GPU-hours 0.250 GPU-h (complete 0.250, running 0.000)", "3 trials of 5 min on one device"
+    # 3 trials of 5 min on one device, plus the running trial's time so far (under a load it may
+    # round to more than 0.000 GPU-h): at most the time between the ask and the status read
+    gpu = re.fullmatch(r"GPU-hours (\d\.\d{3}) GPU-h \(complete 0\.250, running (\d\.\d{3})\)", lines[5])
+    assert gpu, lines[5]
+    total, so_far = float(gpu[1]), float(gpu[2])
+    assert 0 <= so_far <= (read - asked) / 3600 + 0.0005 and abs(total - 0.250 - so_far) <= 0.0011, lines[5]
     assert lines[6].startswith(f"  running trial {running.number} for ") and lines[6].endswith(
         "s on node7 job - gpu 3")
 
