@@ -429,13 +429,20 @@ def write_search(folder: Path, *, url: str, study: str, n_trials: int, sleep: fl
     return folder / "hyper.yml", folder / "model.yml"
 
 
-def processes_for(workers: int) -> int:
+def processes_for(workers: int, processes: int | None = None) -> int:
+    """How many processes hold the W worker threads: ``processes`` if given (at most W), else about
+    64 per process and at most one per core."""
+    if processes:
+        return max(1, min(workers, processes))
     return max(1, min(os.cpu_count() or 1, -(-workers // WORKERS_PER_PROCESS)))
 
 
 def run_one(target: str, server: Server, *, workers: int, sleep: float, per_worker: int, heartbeat: int,
-            db_retry_seconds: int = 60, keep: bool = False) -> dict[str, Any]:
-    """W virtual workers on a fresh study of ``per_worker`` x W trials; returns the figures."""
+            db_retry_seconds: int = 60, keep: bool = False, processes: int | None = None,
+            limit_s: float | None = None) -> dict[str, Any]:
+    """W virtual workers on a fresh study of ``per_worker`` x W trials; returns the figures.
+    ``limit_s``: how long the workers may run before they are killed (default: three times the
+    trials' time, plus a minute, plus 0.3 s per worker)."""
     import optuna
 
     study = common.new_study_name(f"fleet{workers}")
@@ -443,7 +450,7 @@ def run_one(target: str, server: Server, *, workers: int, sleep: float, per_work
     app = f"fleet-{study[-10:]}"
     optuna.create_study(study_name=study, storage=server.direct_url, direction="minimize")
     load_before = common.load_average()[0]
-    n_proc = processes_for(workers)
+    n_proc = processes_for(workers, processes)
     with common.scratch(f"fleet-{workers}", keep=keep) as folder:
         hyper, model = write_search(folder / "search", url=_with_app(server.url, app), study=study,
                                     n_trials=n_trials, sleep=sleep, heartbeat=heartbeat,
@@ -479,7 +486,7 @@ def run_one(target: str, server: Server, *, workers: int, sleep: float, per_work
         with Poller(server, app=app if server.admin_url is None and server.max_connections is None else None,
                     study=study) as poller:
             go.write_text(repr(t0))
-            limit = per_worker * (sleep + 5) * 3 + 60 + workers * 0.3  # a broken lock must not hang the run
+            limit = limit_s or per_worker * (sleep + 5) * 3 + 60 + workers * 0.3  # a broken lock must not hang the run
             timed_out = False
             for p, fh in procs:
                 try:
@@ -547,7 +554,7 @@ def summarise_run(*, target: str, workers: int, n_trials: int, sleep: float, row
 
 def run(*, quick: bool, workers_list: Sequence[int] | None = None, sleep: float | None = None,
         per_worker: int | None = None, targets: Sequence[str] | None = None,
-        heartbeat: int | None = None) -> dict[str, Any]:
+        heartbeat: int | None = None, processes: int | None = None, limit_s: float | None = None) -> dict[str, Any]:
     plan = QUICK if quick else FULL
     workers_list = tuple(workers_list or plan["workers"])
     sleep = plan["sleep"] if sleep is None else sleep
@@ -564,7 +571,7 @@ def run(*, quick: bool, workers_list: Sequence[int] | None = None, sleep: float 
                     t = time.monotonic()
                     try:
                         r = run_one(target, server, workers=w, sleep=sleep, per_worker=per_worker,
-                                    heartbeat=heartbeat)
+                                    heartbeat=heartbeat, processes=processes, limit_s=limit_s)
                     except Exception as err:  # noqa: BLE001 - the other runs still count
                         r = {"target": target, "workers": w, "failed": f"{type(err).__name__}: {err}"[:500]}
                     runs.append(r)
@@ -616,8 +623,9 @@ def markdown(data: dict[str, Any]) -> str:
         ])
     text = common.markdown_table(header, rows)
     return (text + f"\n\nTrials sleep {data['sleep']:g} s, {data['per_worker']} per worker (n_trials = "
-            f"{data['per_worker']} x W), RandomSampler, heartbeat every {data['heartbeat']} s; up to "
-            f"{data['workers_per_process']} worker threads per process.")
+            f"{data['per_worker']} x W), RandomSampler, heartbeat every {data['heartbeat']} s; the worker "
+            f"threads spread evenly over *procs* processes (by default about {data['workers_per_process']} per "
+            "process, at most one process per core).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -629,13 +637,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-worker", type=int, help="trials per worker (n_trials = this x W)")
     parser.add_argument("--heartbeat", type=int, help="heartbeat_interval, seconds")
     parser.add_argument("--targets", help=f"comma-separated, of {','.join(TARGETS)}")
+    parser.add_argument("--processes", type=int, help="processes holding the worker threads (default: about "
+                        f"{WORKERS_PER_PROCESS} workers each, at most one per core)")
+    parser.add_argument("--limit", type=float, metavar="S", help="kill the workers after S seconds (default: "
+                        "three times the trials' time, plus a minute, plus 0.3 s per worker)")
     args = parser.parse_args(argv)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = run(quick=args.quick, workers_list=[int(w) for w in args.workers.split(",")] if args.workers else None,
                sleep=args.sleep, per_worker=args.per_worker, heartbeat=args.heartbeat,
-               targets=[t.strip() for t in args.targets.split(",")] if args.targets else None)
+               targets=[t.strip() for t in args.targets.split(",")] if args.targets else None,
+               processes=args.processes, limit_s=args.limit)
     print(markdown(data))
     return 0
 

@@ -348,3 +348,32 @@ def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path: Path, bac
             assert len(ids) == 1, f"one study, opened by all: {ids}"
     if url:
         assert 1 <= peak[0] <= n, f"{peak[0]} connections for {n} processes"
+
+
+def test_the_schema_head_read_from_the_migration_scripts_is_alembics() -> None:
+    from optuna.storages._rdb.storage import _VersionManager
+
+    from hyper_opt.storage import scripts_head
+
+    manager = _VersionManager.__new__(_VersionManager)  # get_head_version reads only the scripts
+    manager.url = "sqlite://"
+    assert scripts_head() == manager.get_head_version()
+
+
+def test_tables_of_an_older_optuna_are_refused_with_the_upgrade_command_and_left_alone(tmp_path: Path) -> None:
+    from hyper_opt.config import load_config
+    from hyper_opt.study import open_study
+
+    s = write_search(tmp_path / "s", optuna={"n_trials": 2, "reload": 1})
+    config, _ = load_config(s.hyper)
+    open_study(config, create=True).lock.close()
+    db = s.save_path / "hyper_opt.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+    proc = s.cli("optimize", "hyper.yml", "model.yml", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "schema version v3.0.0.d" in proc.stderr and "optuna storage upgrade" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("v3.0.0.d",)]
+        assert conn.execute("SELECT COUNT(*) FROM studies").fetchone() == (1,)
