@@ -591,7 +591,8 @@ def _line(r: dict[str, Any]) -> str:
             f"{r['trials_per_s']:.2f} trials/s, busy {100 * (r['busy_share'] or 0):.1f} %, "
             f"peak server conns {r['peak_server_connections']}, conn errors {r['connection_warnings']}"
             f"+{r['worker_errors']} dead, claim p50 {common.fmt_s((r['claim_p50_ms'] or 0) / 1000, ms=True)} ms, "
-            f"load {r['load_before']:.2f}")
+            f"load {r['load_before']:.2f}"
+            + "".join(f"\n      {example}" for example in r.get("error_examples") or ()))
 
 
 def _pct(v: float | None) -> str:

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.util
 import inspect
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +32,20 @@ from hyper_opt.secrets import mask_url
 from hyper_opt.space import broken_path_problems, broken_paths
 
 logger = logging.getLogger("hyper_opt.objective")
+
+# A user module is executed once per process: a thread that asks for it while another one is still
+# executing it waits for the whole module instead of getting the half that has run (one process
+# holding several workers saw "Objective is not a class").
+_IMPORT_LOCK = threading.RLock()
+
+
+def _one_at_a_time(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _IMPORT_LOCK:
+            return function(*args, **kwargs)
+
+    return locked
 
 
 def load_config(hyper_path: str | Path, model_path: str | Path | None = None, *,
@@ -49,6 +65,7 @@ def load_module(spec: ObjectiveSpec) -> Any:
     return import_file(spec.file, what="objective file")
 
 
+@_one_at_a_time
 def import_module(name: str, *, what: str) -> Any:
     """Import an installed module by its dotted name (``package.module:Class`` objectives: the way
     around objective files with relative imports), with the predecessors' names where its source
@@ -63,6 +80,7 @@ def import_module(name: str, *, what: str) -> Any:
     return _execute(lambda: importlib.import_module(name), source=source, what=f"{what} {name!r}")
 
 
+@_one_at_a_time
 def import_file(path: Path, *, what: str) -> Any:
     """Import a user's Python file once per process (its folder goes on sys.path, so that it can
     import its sibling modules; so does the directory the search was started from, as it is for

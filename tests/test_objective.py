@@ -145,3 +145,28 @@ def test_one_device_rule_for_trials_rerun_and_test(monkeypatch: pytest.MonkeyPat
     assert objective.trial_device(True, {}) == "cuda:0"
     assert objective.trial_device(False, {"CUDA_VISIBLE_DEVICES": "3"}) == "cuda:0"
     assert objective.trial_device(False, {}) == "cpu"
+
+
+def test_threads_importing_one_objective_file_at_once_all_get_the_whole_module(tmp_path: Path) -> None:
+    """Several workers in one process (benchmarks/fleet.py holds hundreds) import the objective
+    file at once: those that come while the first is still executing it wait for it to finish
+    instead of getting the half that has run ("Objective is not a class")."""
+    import threading
+
+    from hyper_opt.loader import import_file
+
+    path = tmp_path / "slow_objective.py"
+    path.write_text(textwrap.dedent("""
+        import time
+        time.sleep(0.5)  # a module that takes its time: torch, a dataset index...
+        class Objective:
+            pass
+        """))
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(import_file(path, what="objective file").Objective))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(isinstance(c, type) for c in got) and len(set(got)) == 1
