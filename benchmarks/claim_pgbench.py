@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks import common
 
 SCRIPT = """\
-SELECT trial_id AS tid FROM {claim}({sid}, {key}, 2000000000, true, 600000, true, ARRAY['hostname','worker_pid'], ARRAY['"pgbench"','"1"']) \\gset
+SELECT trial_id AS tid FROM {claim}({sid}, {key}, 2000000000, true, 600000, true, ARRAY['hostname','worker_pid'], ARRAY['"pgbench"','"1"'], NULL, 1.0) \\gset
 UPDATE trials SET state = 'COMPLETE', datetime_complete = (now() AT TIME ZONE 'UTC') WHERE trial_id = :tid;
 """
 

@@ -105,6 +105,7 @@ class Claimer:
         self._last_scan = -float("inf")  # time.monotonic() of the last stale-trial scan (or turn asked for)
         self.timing: list[dict[str, float]] | None = [] if os.environ.get(TIMING_ENV) else None
         self._server: bool | None = None  # hyper_opt's server-side objects in use (None: not decided yet)
+        self.told: int | None = None  # the trial this worker told last, for the next claim's count (server path)
         # Whether this worker writes the CSVs that dead workers left missing when the budget is
         # full: every worker on the transaction path; on the server path the first to see it.
         self.sweeps = True
@@ -204,11 +205,12 @@ class Claimer:
             got = server_side.claim(opened.storage, study_id=opened.study_id, lock_key=opened.lock.key,
                                     n_trials=spec.n_trials, can_wait=bool(spec.heartbeat_interval),
                                     lock_timeout_s=opened.lock.timeout_s, heartbeat=bool(spec.heartbeat_interval),
-                                    attrs=owner(self.nodes_per_trial))
+                                    attrs=owner(self.nodes_per_trial), done=self.told)
         except Exception as err:
             if _sqlstate(err) == "55P03":  # lock_timeout: a hung holder, not an outage
                 raise opened.lock.stuck() from None
             raise
+        self.told = None  # counted (or already counted by another claim)
         timing.update(lock_s=got.held_s, call_s=time.perf_counter() - started)
         if not got.started_trial:
             self.sweeps = got.outcome == "budget-first"

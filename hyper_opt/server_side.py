@@ -7,10 +7,11 @@ that use it (issue 24).
   (``seen_through``), how many of the trials up to it were finished when read (``finished_total``;
   COMPLETE or PRUNED: ``finished_budget``), the ids of those that were not (``pending``; the
   WAITING ones among them: ``waiting``). Finished is final in optuna, so a pending trial can only
-  have finished since: a claim reads the trials created since the last claim, and reads the
-  pending ones again only when the budget is close (then the count must be exact) or when they
-  have doubled since they were last read (``checked``). On average a claim reads O(1) trials,
-  whatever the number of workers or the size of the study.
+  have finished since: a claim reads the trials created since the last claim and the one its
+  worker has just told, and reads the pending ones again only when they have doubled since they
+  were last read (``checked``), or when the budget is close (then the count must be exact), there
+  at most once per :data:`RECHECK_S` for the study (``checked_at``). On average a claim reads O(1)
+  trials, whatever the number of workers or the size of the study.
 * ``hyper_opt_claim_<VERSION>(...)``: the claim as one statement: the study's budget advisory lock,
   the count, pop the first WAITING trial or create one in optuna's ``trials`` table (numbered as
   optuna numbers it), its first heartbeat and the run context in ``trial_user_attributes``. The
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     pending integer[] NOT NULL DEFAULT '{{}}',
     waiting integer[] NOT NULL DEFAULT '{{}}',
     checked integer NOT NULL DEFAULT 0,
+    checked_at timestamptz,
     swept_for integer
 )"""
 
@@ -79,7 +81,8 @@ _TAIL_SQL = """
 _CLAIM_DDL = """
 CREATE OR REPLACE FUNCTION {claim}(
     p_study_id integer, p_lock_key bigint, p_n_trials integer, p_can_wait boolean,
-    p_lock_timeout_ms integer, p_heartbeat boolean, p_keys text[], p_values text[])
+    p_lock_timeout_ms integer, p_heartbeat boolean, p_keys text[], p_values text[],
+    p_done integer, p_recheck_s double precision)
 RETURNS TABLE (outcome text, trial_id integer, trial_number integer, origin integer,
                started timestamp, held_us bigint)
 LANGUAGE plpgsql
@@ -93,7 +96,7 @@ DECLARE
     v_new integer[] := '{{}}'; v_new_waiting integer[] := '{{}}';
     v_pending integer[]; v_waiting integer[]; v_exact boolean; v_busy integer; v_swept integer;
     v_id integer; v_number integer; v_origin integer; v_start timestamp; v_text text; v_popped boolean;
-    v_tid integer; v_state text;
+    v_tid integer; v_state text; v_checked_at timestamptz;
     c refcursor;
 BEGIN
     PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
@@ -102,8 +105,9 @@ BEGIN
     -- as optuna's create_new_trial: trials are created (and numbered) under the study's row lock,
     -- so every trial of the study with an id up to the largest one read is committed and read
     PERFORM 1 FROM studies s WHERE s.study_id = p_study_id FOR UPDATE;
-    SELECT m.seen_through, m.finished_total, m.finished_budget, m.pending, m.waiting, m.checked, m.swept_for
-        INTO v_seen, v_ftotal, v_fbudget, v_old, v_old_waiting, v_checked, v_swept
+    SELECT m.seen_through, m.finished_total, m.finished_budget, m.pending, m.waiting, m.checked, m.swept_for,
+           m.checked_at
+        INTO v_seen, v_ftotal, v_fbudget, v_old, v_old_waiting, v_checked, v_swept, v_checked_at
         FROM {table} m WHERE m.study_id = p_study_id;
     IF NOT FOUND THEN
         INSERT INTO {table} (study_id) VALUES (p_study_id) ON CONFLICT (study_id) DO NOTHING;
@@ -125,12 +129,33 @@ BEGIN
         END IF;
     END LOOP;
     CLOSE c;
+    -- The trial the caller has just told (p_done): counted now if it is one of the unfinished ones
+    -- (one row by its key), so that its worker's next claim sees it finished without a re-read.
+    IF p_done IS NOT NULL AND p_done = ANY(v_old) THEN
+        SELECT t.state::text INTO v_state FROM trials t WHERE t.trial_id = p_done;
+        IF v_state IN ('COMPLETE', 'PRUNED', 'FAIL') THEN
+            v_old := array_remove(v_old, p_done);
+            v_old_waiting := array_remove(v_old_waiting, p_done);
+            v_ftotal := v_ftotal + 1;
+            v_fbudget := v_fbudget + (v_state <> 'FAIL')::integer;
+        END IF;
+    END IF;
     -- Trials unfinished at an earlier claim (v_old) can only have finished since: counted as
     -- running they give an upper bound of finished + running, which decides "start" soundly.
-    -- They are read again when that bound reaches the budget (an exact answer is needed) or when
-    -- they have doubled since last read (so each is read about twice: O(1) per claim on average).
+    -- They are read again when they have doubled since they were last read (so each is read about
+    -- twice: O(1) per claim on average), and when that bound reaches a budget not complete yet:
+    -- then a "wait" may hide a slot freed by a failure or a WAITING trial to pop, so the count
+    -- must be exact; but at most once per p_recheck_s for the study unless WAITING trials are
+    -- known (every claim of every worker near the budget's end read them all: O(workers) each).
+    -- Between two such reads a claim answers "wait" from the bound: never a trial too many, at
+    -- worst a freed slot or the budget's end seen p_recheck_s later.
     v_exact := v_seen = 0;
-    IF NOT v_exact AND (v_fbudget + cardinality(v_old) + cardinality(v_new) >= p_n_trials
+    IF v_exact THEN
+        v_checked_at := clock_timestamp();  -- the first claim reads the whole study
+    END IF;
+    IF NOT v_exact AND ((v_fbudget < p_n_trials AND v_fbudget + cardinality(v_old) + cardinality(v_new) >= p_n_trials
+                         AND (v_checked_at IS NULL OR cardinality(v_old_waiting) + cardinality(v_new_waiting) > 0
+                              OR clock_timestamp() - v_checked_at >= make_interval(secs => p_recheck_s)))
                         OR cardinality(v_old) >= 2 * v_checked + 16) THEN
         FOR v_tid, v_state IN SELECT t.trial_id, t.state::text FROM trials t WHERE t.trial_id = ANY(v_old)
                                   ORDER BY t.trial_id LOOP
@@ -147,6 +172,7 @@ BEGIN
         v_old := v_kept;
         v_old_waiting := v_kept_waiting;
         v_exact := true;
+        v_checked_at := clock_timestamp();
     END IF;
     v_pending := v_old || v_new;
     v_waiting := v_old_waiting || v_new_waiting;
@@ -158,7 +184,7 @@ BEGIN
     END IF;
     IF v_fbudget >= p_n_trials OR v_busy >= p_n_trials THEN
         UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal, finished_budget = v_fbudget,
-            pending = v_pending, waiting = v_waiting, checked = v_checked,
+            pending = v_pending, waiting = v_waiting, checked = v_checked, checked_at = v_checked_at,
             swept_for = CASE WHEN v_fbudget >= p_n_trials THEN p_n_trials ELSE m.swept_for END
             WHERE m.study_id = p_study_id;
         -- 'budget-first': the first caller to see this budget complete (it writes the missing CSVs)
@@ -189,7 +215,8 @@ BEGIN
             RETURNING trials.trial_id, trials.number, trials.datetime_start INTO v_id, v_number, v_start;
     END IF;
     UPDATE {table} m SET seen_through = v_new_seen, finished_total = v_ftotal, finished_budget = v_fbudget,
-        pending = v_pending, waiting = v_waiting, checked = v_checked WHERE m.study_id = p_study_id;
+        pending = v_pending, waiting = v_waiting, checked = v_checked, checked_at = v_checked_at
+        WHERE m.study_id = p_study_id;
     IF p_heartbeat THEN
         INSERT INTO trial_heartbeats AS h (trial_id, heartbeat) VALUES (v_id, clock_timestamp())
             ON CONFLICT (trial_id) DO UPDATE SET heartbeat = excluded.heartbeat;
@@ -329,18 +356,27 @@ class NotInstalled(RuntimeError):
     """The database user may not create hyper_opt's objects: use the path without them."""
 
 
+# Near the budget's end, how often one of the study's claims reads its unfinished trials again to
+# count them exactly (the others answer "wait" from the upper bound meanwhile).
+RECHECK_S = 1.0
+
+
 def claim(storage: Any, *, study_id: int, lock_key: int, n_trials: int, can_wait: bool,
-          lock_timeout_s: float, heartbeat: bool, attrs: dict[str, Any]) -> ServerClaim:
+          lock_timeout_s: float, heartbeat: bool, attrs: dict[str, Any], done: int | None = None,
+          recheck_s: float = RECHECK_S) -> ServerClaim:
     """The claim in one round trip (see the module's docstring). ``attrs``: user attributes of the
-    started trial (the run context), written as optuna writes them (``json.dumps``)."""
+    started trial (the run context), written as optuna writes them (``json.dumps``); ``done``: the
+    id of the trial the caller has just told, if any; ``recheck_s``: 0 counts exactly at every
+    claim near the budget's end."""
     keys = list(attrs)
     rows = _call(storage.engine,
                  f"SELECT outcome, trial_id, trial_number, origin, started, held_us FROM {CLAIM_FUNCTION}"
                  "(CAST(:sid AS integer), CAST(:key AS bigint), CAST(:n AS integer), CAST(:wait AS boolean), "
-                 "CAST(:lt AS integer), CAST(:hb AS boolean), CAST(:keys AS text[]), CAST(:vals AS text[]))",
+                 "CAST(:lt AS integer), CAST(:hb AS boolean), CAST(:keys AS text[]), CAST(:vals AS text[]), "
+                 "CAST(:done AS integer), CAST(:recheck AS double precision))",
                  {"sid": study_id, "key": lock_key, "n": n_trials, "wait": can_wait,
                   "lt": int(lock_timeout_s * 1000), "hb": heartbeat, "keys": keys,
-                  "vals": [json.dumps(attrs[k]) for k in keys]})
+                  "vals": [json.dumps(attrs[k]) for k in keys], "done": done, "recheck": float(recheck_s)})
     outcome, trial_id, number, origin, started, held_us = rows[0]
     return ServerClaim(outcome, trial_id, number, origin, started, (held_us or 0) / 1e6)
 

@@ -311,6 +311,7 @@ class Worker:
                    ("preempted" if self._stop_signal in ("SIGUSR1", "SIGUSR2", "SIGALRM") else "cancelled")
                    if interrupted else None)
         frozen = self._record(opened, trial, trial_id, state, values, error, stopped)
+        self._claimer.told = trial_id  # the next claim counts it finished without reading the others again
         if frozen.state == TS.FAIL and stopped:
             self._retry(opened, frozen)
         return frozen

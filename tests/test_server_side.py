@@ -4,6 +4,7 @@ re-queued in time, a heartbeat in one statement, and the waits of workers at a f
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -247,11 +248,18 @@ def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("n_trials", [25, 70])
-def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(pg_url: str, n_trials: int) -> None:
-    """The claim reads only the trials created since the last claim, and the unfinished ones again
-    only near the budget or when they have doubled; trials finishing in any order, failing,
-    WAITING trials enqueued by optuna, and trials started by optuna's own ``ask`` (which pops
-    WAITING ones too) must leave its decisions and trial numbers those of a full count."""
+@pytest.mark.parametrize("recheck_s", [0.0, 3600.0], ids=["exact", "lazy"])
+def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order(
+        pg_url: str, n_trials: int, recheck_s: float) -> None:
+    """The claim reads only the trials created since the last claim (and the one its caller has
+    just told), and the unfinished ones again only near the budget or when they have doubled;
+    trials finishing in any order, failing, WAITING trials enqueued by optuna, and trials started
+    by optuna's own ``ask`` (which pops WAITING ones too) must leave its decisions and trial
+    numbers those of a full count ("exact": a re-read at every claim near the budget). "lazy": near
+    the budget the unfinished trials are read again only once per recheck_s (here never, but for
+    known WAITING trials and doubling): a claim may then answer "wait" where the full count would
+    start a trial or end the budget, but never start one too many or end the budget early, and
+    one exact claim at the end agrees with the full count."""
     import random
 
     from hyper_opt import server_side
@@ -261,6 +269,9 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
     study = optuna.create_study(study_name=name, storage=storage)
     rng = random.Random(n_trials)
     decisions = []
+    told = None
+    claim = functools.partial(server_side.claim, storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
+                              n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
     try:
         for step in range(220):
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
@@ -268,8 +279,8 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
             action = rng.random()
             if action < 0.45 and running:
                 state = rng.choice([TS.COMPLETE, TS.COMPLETE, TS.PRUNED, TS.FAIL])
-                storage.set_trial_state_values(rng.choice(running)._trial_id, state,
-                                               [1.0] if state == TS.COMPLETE else None)
+                told = rng.choice(running)._trial_id  # as a worker tells its trial, then claims
+                storage.set_trial_state_values(told, state, [1.0] if state == TS.COMPLETE else None)
                 continue
             if action < 0.52:
                 study.enqueue_trial({"x": step})
@@ -280,19 +291,80 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
             finished = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
             expected = ("budget" if finished >= n_trials else "wait" if finished + len(running) >= n_trials
                         else "started")
-            got = server_side.claim(storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
-                                    n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
+            got = claim(done=told, recheck_s=recheck_s)
+            told = None
             decisions.append(got.outcome)
             outcome = "started" if got.started_trial else "budget" if got.outcome == "budget-first" else got.outcome
-            assert outcome == expected, (step, got, finished, len(running))
+            if recheck_s == 0 or outcome != "wait":
+                assert outcome == expected, (step, got, finished, len(running))
             if got.started_trial:
                 waiting = [t for t in trials if t.state == TS.WAITING]
                 assert got.number == (waiting[0].number if waiting else len(trials)), (step, got)
-        assert {"budget", "wait", "created", "popped"} <= set(decisions), decisions
-        assert decisions.count("budget-first") == 1, "one caller (the first) is told it completed the budget"
+        assert decisions.count("budget-first") <= 1, "one caller (the first) is told it completed the budget"
+        if recheck_s == 0:
+            assert {"budget", "wait", "created", "popped"} <= set(decisions), decisions
+            assert decisions.count("budget-first") == 1
+        else:
+            assert {"created", "popped"} <= set(decisions), decisions
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)  # one exact claim agrees
+            finished = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
+            running = sum(t.state == TS.RUNNING for t in trials)
+            last = claim(recheck_s=0.0)
+            assert (last.started_trial, last.outcome in ("budget", "budget-first")) == (
+                finished + running < n_trials, finished >= n_trials), (last, finished, running)
     finally:
         storage.engine.dispose()
         _delete(pg_url, name)
+
+
+@pytest.mark.postgres
+def test_near_the_budget_the_told_trial_is_counted_and_the_others_are_read_again_once_per_interval(
+        pg_url: str) -> None:
+    """Near the budget's end a claim does not read every unfinished trial again (O(workers) each,
+    for every claim of every worker): only once per recheck_s for the study. Meanwhile it answers
+    "wait" from the upper bound, and counts the trial its caller has just told (``done``), so that
+    a worker sees its own trial end the budget, or free a slot, at its next claim."""
+    from hyper_opt import server_side
+
+    name = f"recheck-{os.getpid()}-{time.monotonic_ns()}"
+    storage = optuna.storages.RDBStorage(pg_url)
+    study = optuna.create_study(study_name=name, storage=storage)
+    claim = functools.partial(server_side.claim, storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
+                              n_trials=2, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={},
+                              recheck_s=3600.0)
+    try:
+        t0, t1 = claim().trial_id, claim().trial_id
+        assert claim().outcome == "wait", "both running (and now both read as unfinished)"
+        storage.set_trial_state_values(t0, TS.COMPLETE, [1.0])
+        storage.set_trial_state_values(t1, TS.FAIL)
+        assert claim().outcome == "wait", "not read again within the interval: the bound says wait"
+        assert claim(done=t0).outcome == "wait", "t0 counted: 1 of 2 finished, t1 still counted as running"
+        got = claim(done=t1)  # t1 failed: its slot is free
+        assert got.outcome == "created" and got.number == 2, got
+        assert claim().outcome == "wait"
+        storage.set_trial_state_values(got.trial_id, TS.COMPLETE, [1.0])
+        assert claim().outcome == "wait"
+        assert claim(done=got.trial_id).outcome == "budget-first"
+        assert claim().outcome == "budget", "the count reached the budget: nothing to read again"
+        with storage.engine.connect() as conn:
+            row = conn.execute(sqlalchemy.text(
+                f"SELECT finished_total, finished_budget, pending FROM {server_side.TABLE} WHERE study_id = :s"),
+                {"s": study._study_id}).one()
+        assert tuple(row) == (3, 2, []), row
+        name2 = f"{name}-exact"
+        study2 = optuna.create_study(study_name=name2, storage=storage)
+        exact = functools.partial(server_side.claim, storage, study_id=study2._study_id,
+                                  lock_key=hash(name2) % 2**62, n_trials=2, can_wait=True, lock_timeout_s=30,
+                                  heartbeat=False, attrs={}, recheck_s=0.0)
+        u0, u1 = exact().trial_id, exact().trial_id
+        assert exact().outcome == "wait"
+        storage.set_trial_state_values(u0, TS.COMPLETE, [1.0])
+        storage.set_trial_state_values(u1, TS.FAIL)
+        assert exact().outcome == "created", "with recheck_s 0 every claim near the budget counts exactly"
+    finally:
+        storage.engine.dispose()
+        _delete(pg_url, name)
+        _delete(pg_url, f"{name}-exact")
 
 
 @pytest.mark.postgres
