@@ -415,6 +415,7 @@ def test_worker_processes_and_one_process_write_the_same_report(tmp_path: Path) 
 def test_a_finalizers_resource_warning_never_becomes_an_importance_note(monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection of the caller's collected while the importances run warns (ResourceWarning):
     not the importances' to report; their own warnings still are."""
+    import importlib
     import warnings
 
     import optuna
@@ -426,7 +427,10 @@ def test_a_finalizers_resource_warning_never_becomes_an_importance_note(monkeypa
         warnings.warn("the evaluator says something", UserWarning)
         return {"x": 1.0}
 
-    monkeypatch.setattr(optuna.importance, "get_param_importances", importances)
+    # The module itself: optuna.importance is a lazy-import proxy until something loads it, and
+    # loading it puts the real module in its place (patching the proxy patched nothing when this
+    # test was the first of its process to touch the importances).
+    monkeypatch.setattr(importlib.import_module("optuna.importance"), "get_param_importances", importances)
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     trials = [optuna.trial.create_trial(params={"x": x}, distributions=dist, value=x) for x in (0.1, 0.5, 0.9)]
     notes: list[str] = []

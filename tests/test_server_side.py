@@ -31,8 +31,8 @@ def _delete(url: str, name: str) -> None:
 
 @pytest.mark.postgres
 def test_many_callers_take_one_scan_turn_per_interval(pg_url: str) -> None:
-    """8 workers asking for the scan turn every 20 ms for 2.2 s, interval 1 s: a turn at most once
-    per interval (at 0, 1 and 2 s), not one per ask.
+    """8 workers asking for the scan turn every 20 ms for 2.2 s (and at least 20 times each),
+    interval 1 s: a turn at most once per interval (at 0, 1 and 2 s), not one per ask.
 
     Each turn's server time lies between its call's start and return, so two turns an interval
     apart on the server show as the later call returning at least an interval after the earlier
@@ -53,7 +53,11 @@ def test_many_callers_take_one_scan_turn_per_interval(pg_url: str) -> None:
         if ready.wait() == 0:
             window["end"] = time.monotonic() + 2.2
         ready.wait()
-        while time.monotonic() < window["end"]:
+        mine = 0
+        # at least 20 asks each: under load a call can take longer than the window (a run that
+        # asked 4 times in all proved nothing); the checks below use the span the asks took
+        while time.monotonic() < window["end"] or mine < 20:
+            mine += 1
             started = time.monotonic()
             got = server_side.stale_trials(own, study_id=study_id, interval_s=1.0, grace_s=5.0)
             returned = time.monotonic()
@@ -71,7 +75,7 @@ def test_many_callers_take_one_scan_turn_per_interval(pg_url: str) -> None:
             t.start()
         for t in threads:
             t.join()
-        assert asks[0] > 100, asks
+        assert asks[0] >= 160, asks
         turns.sort()
         for (a_start, _), (_, b_returned) in zip(turns, turns[1:]):
             assert b_returned - a_start >= 1.0, f"two scan turns less than an interval apart: {turns}"
