@@ -31,10 +31,12 @@ CONFIGS = REPO / "configs"
 
 N_TRIALS = 6
 # Shared by both examples: a tiny budget, and a pruner that acts at every epoch once 2 trials
-# completed. The sampler seed fixes each worker's random draws (the examples' TPE samples at random
-# for its first 6 trials, so every trial here is a seeded random draw or the enqueued one); with
-# it, 3 or 4 of the 6 trials were pruned in each of 9 runs per example (some on a busy machine).
+# completed. The sampler seed fixes the random draws (the examples' TPE samples at random for its
+# first 6 trials, so every trial here is a seeded random draw or the enqueued one). One worker: with
+# the examples' two, which trials had completed when another reported depended on the machine's
+# load, and one CI run pruned none of the 6 (the pruner compares with the completed trials).
 TINY = (
+    "local:workers=1",
     f"optuna:n_trials={N_TRIALS}",
     "optuna:pruner:n_startup_trials=2",
     "optuna:pruner:n_warmup_steps=0",
