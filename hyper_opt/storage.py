@@ -270,9 +270,10 @@ def _lost_schema_race(err: BaseException | None) -> bool:
 
 
 def _check_schema(storage: Any, st: StorageSpec, current: str | None = None) -> None:
-    """optuna's table-schema check, on one connection at a time (optuna's own holds a session
-    open while it opens a second connection, which a one-connection pool cannot give).
-    ``current``: the version already read (else it is read here)."""
+    """The table-schema check of every storage hyper_opt opens, in place of optuna's: optuna's holds a
+    session open while it opens a second connection (which a worker's one-connection pool cannot
+    give) and executes every migration script to find the head. ``current``: the version already
+    read (else it is read here)."""
     try:
         current, head = current or storage.get_current_version(), _head_version(storage)
     except Exception as err:  # noqa: BLE001 - a driver error: with_db_retry decides
@@ -287,9 +288,9 @@ _HEAD_VERSIONS: dict[str, str] = {}
 
 
 def _head_version(storage: Any) -> str:
-    """The schema version this optuna expects, read once per process: alembic executes every one of
-    optuna's migration scripts to find it (about 45 ms of CPU each time, at each worker's start, and
-    for each worker thread of benchmarks/fleet.py)."""
+    """The schema version this optuna expects, once per process: from the migration scripts' headers
+    (:func:`scripts_head`), or from alembic, which executes every script, when they are not laid out
+    as expected."""
     import optuna
 
     if optuna.__version__ not in _HEAD_VERSIONS:

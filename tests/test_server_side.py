@@ -29,6 +29,16 @@ def _delete(url: str, name: str) -> None:
         pass
 
 
+def _claims(storage: Any, study: optuna.Study, *, n_trials: int, **fixed: Any) -> Any:
+    """hyper_opt's one-statement claim on ``study``, its lock key and the tests' usual settings
+    bound (no heartbeat, no run context unless ``fixed`` says otherwise)."""
+    from hyper_opt import server_side
+
+    settings = {"can_wait": True, "lock_timeout_s": 30, "heartbeat": False, "attrs": {}, **fixed}
+    return functools.partial(server_side.claim, storage, study_id=study._study_id,
+                             lock_key=hash(study.study_name) % 2**62, n_trials=n_trials, **settings)
+
+
 @pytest.mark.postgres
 def test_many_callers_take_one_scan_turn_per_interval(pg_url: str) -> None:
     """8 workers asking for the scan turn every 20 ms for 2.2 s (and at least 20 times each),
@@ -215,7 +225,6 @@ def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg
     ``ask`` (pop the first WAITING trial, else ``create_new_trial``) with the run context set
     through optuna's API, read back with optuna's ``get_trial``: the same numbers, states,
     parameters, attributes; start times a moment apart."""
-    from hyper_opt import server_side
 
     names = [f"same-{tag}-{os.getpid()}-{time.monotonic_ns()}" for tag in ("server", "optuna")]
     storage = optuna.storages.RDBStorage(pg_url)
@@ -226,8 +235,7 @@ def test_a_trial_started_on_the_server_is_the_trial_optuna_would_have_started(pg
         _seed(theirs)
         pairs = []
         for _ in range(3):  # pop the enqueued trial, pop the copy, create a new one
-            got = server_side.claim(storage, study_id=ours._study_id, lock_key=hash(names[0]) % 2**62,
-                                    n_trials=100, can_wait=True, lock_timeout_s=30, heartbeat=True, attrs=context)
+            got = _claims(storage, ours, n_trials=100, heartbeat=True, attrs=context)()
             trial = theirs.ask()
             origin = storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
             attrs = {**context, **({"retry_of": origin} if origin is not None else {})}
@@ -266,7 +274,6 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
     one exact claim at the end agrees with the full count."""
     import random
 
-    from hyper_opt import server_side
 
     name = f"prefix-{os.getpid()}-{time.monotonic_ns()}"
     storage = optuna.storages.RDBStorage(pg_url)
@@ -274,8 +281,7 @@ def test_the_claims_count_of_the_study_stays_exact_as_trials_finish_out_of_order
     rng = random.Random(n_trials)
     decisions = []
     told = None
-    claim = functools.partial(server_side.claim, storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
-                              n_trials=n_trials, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={})
+    claim = _claims(storage, study, n_trials=n_trials)
     try:
         for step in range(220):
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
@@ -333,9 +339,7 @@ def test_near_the_budget_the_told_trial_is_counted_and_the_others_are_read_again
     name = f"recheck-{os.getpid()}-{time.monotonic_ns()}"
     storage = optuna.storages.RDBStorage(pg_url)
     study = optuna.create_study(study_name=name, storage=storage)
-    claim = functools.partial(server_side.claim, storage, study_id=study._study_id, lock_key=hash(name) % 2**62,
-                              n_trials=2, can_wait=True, lock_timeout_s=30, heartbeat=False, attrs={},
-                              recheck_s=3600.0)
+    claim = _claims(storage, study, n_trials=2, recheck_s=3600.0)
     try:
         t0, t1 = claim().trial_id, claim().trial_id
         assert claim().outcome == "wait", "both running (and now both read as unfinished)"
@@ -357,9 +361,7 @@ def test_near_the_budget_the_told_trial_is_counted_and_the_others_are_read_again
         assert tuple(row) == (3, 2, []), row
         name2 = f"{name}-exact"
         study2 = optuna.create_study(study_name=name2, storage=storage)
-        exact = functools.partial(server_side.claim, storage, study_id=study2._study_id,
-                                  lock_key=hash(name2) % 2**62, n_trials=2, can_wait=True, lock_timeout_s=30,
-                                  heartbeat=False, attrs={}, recheck_s=0.0)
+        exact = _claims(storage, study2, n_trials=2, recheck_s=0.0)
         u0, u1 = exact().trial_id, exact().trial_id
         assert exact().outcome == "wait"
         storage.set_trial_state_values(u0, TS.COMPLETE, [1.0])
