@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -171,9 +172,28 @@ def test_a_stalled_server_backend_is_waited_out_not_turned_into_a_fail(tmp_path:
         # 4 s on, a beat is blocked on the stopped server, holding the worker's one connection
         time.sleep(4)
         go.touch()  # the trial's next report now waits for the pool, 2 s per try, and is retried
-        time.sleep(8)
+        # The stall ends once the worker has said it met it (not after a fixed 8 s: a loaded
+        # machine let a worker reach its report only after the server went on, meeting nothing).
+        lines: list[str] = []
+        met = threading.Event()
+
+        def read_output() -> None:
+            for line in worker.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                if "database unreachable" in line:
+                    met.set()
+
+        reader = threading.Thread(target=read_output, daemon=True)
+        reader.start()
+        met.wait(120)
         os.kill(pid, signal.SIGCONT)
-        out = _finish(worker)
+        try:
+            worker.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise AssertionError(f"the worker did not end:\n{''.join(lines)[-3000:]}") from None
+        reader.join(timeout=60)
+        out = "".join(lines)
         trials = _study(s, pg_url).trials
         assert [(t.number, t.state) for t in trials] == [(0, TS.COMPLETE)], (
             [(t.number, t.state, t.user_attrs.get("error")) for t in trials], out[-3000:])
